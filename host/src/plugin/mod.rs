@@ -1,0 +1,26 @@
+//! The plugin runtime: WebAssembly components that shape changes into rows,
+//! derive cache keys and name cache-layout versions.
+//!
+//! - [`PluginEngine`]: the one wasmtime engine, the sandbox, the compile cache.
+//! - [`LoadedPlugin`]: one validated plugin version with its instance pool
+//!   and typed batch calls.
+//! - [`PluginRegistry`]: which versions are serving, from which files, for
+//!   which entities; atomic swaps on reload.
+//! - [`PluginWatcher`]: hot reload of the plugin directory.
+
+mod bindings;
+mod engine;
+mod error;
+mod loaded;
+mod registry;
+mod watcher;
+
+pub use bindings::{
+    Binding, CacheWrite, Change, ChangeOp, Column, ColumnType, Index, PluginInfo, Row, RowOp,
+    Shaped, TableLayout,
+};
+pub use engine::{PluginEngine, SandboxConfig, WasiGrants};
+pub use error::{ItemError, PluginError};
+pub use loaded::{EntityConfigs, LoadedPlugin};
+pub use registry::{FileStatus, LoadOutcome, PluginRegistry, PluginStatus, is_plugin_file};
+pub use watcher::{DEBOUNCE, PluginWatcher, WatchError};

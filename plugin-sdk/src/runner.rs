@@ -1,0 +1,288 @@
+//! The glue between the WIT bindings and a [`Plugin`]: batch loops, JSON
+//! parsing and serialisation, and the conversion of item errors to values.
+
+use serde_json::{Map, Value};
+
+use crate::Plugin;
+use crate::bindings::emcachers::plugin::types as wit;
+use crate::model::{
+    Binding, CacheWrite, Change, ChangeOp, ColumnType, PluginInfo, Row, RowOp, Shaped, TableLayout,
+};
+
+/// Runs a [`Plugin`] behind the WIT interface. The exported component and
+/// [`testing::Harness`](crate::testing::Harness) both go through it, so a
+/// native test exercises the same conversions as the WebAssembly build.
+pub struct Runner<P> {
+    plugin: P,
+}
+
+impl<P: Plugin> Runner<P> {
+    /// Wrap a plugin value.
+    pub fn new(plugin: P) -> Self {
+        Runner { plugin }
+    }
+
+    /// The wrapped plugin.
+    pub fn plugin(&self) -> &P {
+        &self.plugin
+    }
+
+    /// `describe`.
+    pub fn describe(&self) -> wit::PluginInfo {
+        info_to_wit(self.plugin.describe())
+    }
+
+    /// `configure`: parse the JSON and hand it to the plugin.
+    pub fn configure(&mut self, entity: &str, config: &str) -> Result<(), String> {
+        let config: Value = serde_json::from_str(config)
+            .map_err(|e| format!("configuration of entity {entity} is not valid JSON: {e}"))?;
+        self.plugin.configure(entity, config).map_err(String::from)
+    }
+
+    /// `shape`: one result per change, in order.
+    pub fn shape(
+        &self,
+        entity: &str,
+        changes: Vec<wit::Change>,
+    ) -> Vec<Result<wit::Shaped, String>> {
+        changes
+            .into_iter()
+            .map(|change| {
+                let change = change_from_wit(change)?;
+                let shaped = self.plugin.shape(entity, change).map_err(String::from)?;
+                Ok(shaped_to_wit(shaped))
+            })
+            .collect()
+    }
+
+    /// `keys`: one result per row, in order.
+    pub fn keys(
+        &self,
+        entity: &str,
+        rows: Vec<wit::Row>,
+    ) -> Vec<Result<Vec<wit::CacheWrite>, String>> {
+        rows.into_iter()
+            .map(|row| {
+                let row = row_from_wit(row)?;
+                let writes = self.plugin.keys(entity, &row).map_err(String::from)?;
+                Ok(writes.into_iter().map(write_to_wit).collect())
+            })
+            .collect()
+    }
+
+    /// `version`.
+    pub fn version(&self, entity: &str) -> String {
+        self.plugin.version(entity)
+    }
+
+    /// `table`.
+    pub fn table(&self, entity: &str) -> Option<wit::TableLayout> {
+        self.plugin.table(entity).map(layout_to_wit)
+    }
+}
+
+fn parse_object(what: &str, id: &str, text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!("{what} of {id} is not a JSON object: {other}")),
+        Err(e) => Err(format!("{what} of {id} is not valid JSON: {e}")),
+    }
+}
+
+pub(crate) fn change_from_wit(change: wit::Change) -> Result<Change, String> {
+    let document = match change.document {
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| format!("document {} is not valid JSON: {e}", change.id))?,
+        ),
+        None => None,
+    };
+    let current = match change.current {
+        Some(text) => Some(parse_object("current row", &change.id, &text)?),
+        None => None,
+    };
+    Ok(Change {
+        source: change.source,
+        collection: change.collection,
+        op: match change.op {
+            wit::ChangeOp::Upsert => ChangeOp::Upsert,
+            wit::ChangeOp::Delete => ChangeOp::Delete,
+            wit::ChangeOp::Partial => ChangeOp::Partial,
+        },
+        id: change.id,
+        document,
+        current,
+    })
+}
+
+pub(crate) fn change_to_wit(change: &Change) -> wit::Change {
+    wit::Change {
+        source: change.source.clone(),
+        collection: change.collection.clone(),
+        op: match change.op {
+            ChangeOp::Upsert => wit::ChangeOp::Upsert,
+            ChangeOp::Delete => wit::ChangeOp::Delete,
+            ChangeOp::Partial => wit::ChangeOp::Partial,
+        },
+        id: change.id.clone(),
+        document: change.document.as_ref().map(Value::to_string),
+        current: change
+            .current
+            .as_ref()
+            .map(|c| Value::Object(c.clone()).to_string()),
+    }
+}
+
+pub(crate) fn row_from_wit(row: wit::Row) -> Result<Row, String> {
+    let data = if row.data.is_empty() {
+        Map::new()
+    } else {
+        parse_object("row", &row.id, &row.data)?
+    };
+    Ok(Row {
+        entity: row.entity,
+        id: row.id,
+        op: match row.op {
+            wit::RowOp::Upsert => RowOp::Upsert,
+            wit::RowOp::Delete => RowOp::Delete,
+        },
+        data,
+    })
+}
+
+pub(crate) fn row_to_wit(row: Row) -> wit::Row {
+    wit::Row {
+        data: Value::Object(row.data).to_string(),
+        entity: row.entity,
+        id: row.id,
+        op: match row.op {
+            RowOp::Upsert => wit::RowOp::Upsert,
+            RowOp::Delete => wit::RowOp::Delete,
+        },
+    }
+}
+
+pub(crate) fn shaped_to_wit(shaped: Shaped) -> wit::Shaped {
+    wit::Shaped {
+        rows: shaped.rows.into_iter().map(row_to_wit).collect(),
+        complete_set: shaped.complete_set,
+    }
+}
+
+pub(crate) fn shaped_from_wit(shaped: wit::Shaped) -> Result<Shaped, String> {
+    Ok(Shaped {
+        rows: shaped
+            .rows
+            .into_iter()
+            .map(row_from_wit)
+            .collect::<Result<_, _>>()?,
+        complete_set: shaped.complete_set,
+    })
+}
+
+fn write_to_wit(write: CacheWrite) -> wit::CacheWrite {
+    wit::CacheWrite {
+        key: write.key,
+        value: write.value,
+    }
+}
+
+pub(crate) fn write_from_wit(write: wit::CacheWrite) -> CacheWrite {
+    CacheWrite {
+        key: write.key,
+        value: write.value,
+    }
+}
+
+fn info_to_wit(info: PluginInfo) -> wit::PluginInfo {
+    wit::PluginInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        bindings: info
+            .bindings
+            .into_iter()
+            .map(|b| wit::Binding {
+                entity: b.entity,
+                source: b.source,
+                collection: b.collection,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn info_from_wit(info: wit::PluginInfo) -> PluginInfo {
+    PluginInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        bindings: info
+            .bindings
+            .into_iter()
+            .map(|b| Binding {
+                entity: b.entity,
+                source: b.source,
+                collection: b.collection,
+            })
+            .collect(),
+    }
+}
+
+fn layout_to_wit(layout: TableLayout) -> wit::TableLayout {
+    wit::TableLayout {
+        columns: layout
+            .columns
+            .into_iter()
+            .map(|c| wit::Column {
+                name: c.name,
+                type_: match c.ty {
+                    ColumnType::Jsonb => wit::ColumnType::Jsonb,
+                    ColumnType::Any => wit::ColumnType::Any,
+                    ColumnType::Bool => wit::ColumnType::Boolean,
+                    ColumnType::Number => wit::ColumnType::Number,
+                    ColumnType::Integer => wit::ColumnType::Integer,
+                    ColumnType::Text => wit::ColumnType::Text,
+                },
+            })
+            .collect(),
+        indexes: layout
+            .indexes
+            .into_iter()
+            .map(|i| wit::Index {
+                name: i.name,
+                columns: i.columns,
+                unique: i.unique,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn layout_from_wit(layout: wit::TableLayout) -> TableLayout {
+    use crate::model::{Column, Index};
+    TableLayout {
+        columns: layout
+            .columns
+            .into_iter()
+            .map(|c| Column {
+                name: c.name,
+                ty: match c.type_ {
+                    wit::ColumnType::Jsonb => ColumnType::Jsonb,
+                    wit::ColumnType::Any => ColumnType::Any,
+                    wit::ColumnType::Boolean => ColumnType::Bool,
+                    wit::ColumnType::Number => ColumnType::Number,
+                    wit::ColumnType::Integer => ColumnType::Integer,
+                    wit::ColumnType::Text => ColumnType::Text,
+                },
+            })
+            .collect(),
+        indexes: layout
+            .indexes
+            .into_iter()
+            .map(|i| Index {
+                name: i.name,
+                columns: i.columns,
+                unique: i.unique,
+            })
+            .collect(),
+    }
+}
