@@ -1,0 +1,127 @@
+//! Support for the end-to-end tests: real plugins compiled to WebAssembly,
+//! the `emcachers` binary, and small helpers to wait on conditions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The guest plugins the tests use, built for wasm32-wasip2.
+#[derive(Debug, Clone)]
+pub struct Plugins {
+    /// `plugins/shape`.
+    pub shape: PathBuf,
+    /// `examples/plugin-template`.
+    pub template: PathBuf,
+    /// `tests/plugins/hostile`, version 1.0.0.
+    pub hostile: PathBuf,
+    /// `tests/plugins/hostile` with feature `v2`, version 2.0.0.
+    pub hostile_v2: PathBuf,
+}
+
+fn cargo_build_wasm(packages: &[&str], features: &[&str]) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "--target",
+        "wasm32-wasip2",
+        "--profile",
+        "plugin",
+    ]);
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    let status = command
+        .status()
+        .expect("cannot run cargo to build the test plugins");
+    assert!(
+        status.success(),
+        "building {packages:?} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
+    );
+}
+
+/// Build the test plugins once per test process and return their paths.
+/// Each is copied out of cargo's output so later builds cannot change it.
+pub fn plugins() -> &'static Plugins {
+    static PLUGINS: OnceLock<Plugins> = OnceLock::new();
+    PLUGINS.get_or_init(|| {
+        let out = target_dir().join("wasm32-wasip2/plugin");
+        let dir = target_dir().join("test-plugins");
+        std::fs::create_dir_all(&dir).expect("create test plugin directory");
+        let copy = |built: &str, name: &str| {
+            let to = dir.join(name);
+            std::fs::copy(out.join(built), &to).unwrap_or_else(|e| panic!("copy {built}: {e}"));
+            to
+        };
+        cargo_build_wasm(
+            &["emcachers-test-plugin-hostile"],
+            &["emcachers-test-plugin-hostile/v2"],
+        );
+        let hostile_v2 = copy("emcachers_test_plugin_hostile.wasm", "hostile_v2.wasm");
+        cargo_build_wasm(
+            &[
+                "emcachers-plugin-shape",
+                "emcachers-plugin-template",
+                "emcachers-test-plugin-hostile",
+            ],
+            &[],
+        );
+        Plugins {
+            shape: copy("emcachers_plugin_shape.wasm", "shape.wasm"),
+            template: copy("emcachers_plugin_template.wasm", "template.wasm"),
+            hostile: copy("emcachers_test_plugin_hostile.wasm", "hostile.wasm"),
+            hostile_v2,
+        }
+    })
+}
+
+/// The `emcachers` binary of this build (built by `cargo test --workspace`).
+pub fn emcachers_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> → target/<profile>/emcachers
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("emcachers"))
+        .unwrap_or_default();
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// Poll `condition` every 10 ms until it holds or `timeout` passes.
+/// Returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
