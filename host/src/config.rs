@@ -22,6 +22,16 @@ pub enum ConfigError {
     /// A key has a bad value, an unknown key was given, or the TOML is malformed.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    /// An entity's `config_file` cannot be read or is not JSON.
+    #[error("invalid configuration: entity {entity}: config_file {path}: {reason}")]
+    EntityFile {
+        /// The entity.
+        entity: String,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A value parsed but makes no sense.
     #[error("invalid configuration: {key}: {reason}")]
     Value {
@@ -42,8 +52,16 @@ pub struct Config {
     pub log: LogConfig,
     /// The plugin runtime.
     pub plugins: PluginsConfig,
+    /// The oplog store.
+    pub oplog: OplogConfig,
+    /// The per-entity SQLite caches.
+    pub cache: CacheConfig,
+    /// Background jobs.
+    pub jobs: JobsConfig,
     /// Entities declared in the file, applied at start.
     pub entities: Vec<EntityConfig>,
+    /// Sources read by `emcachers run`.
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for Config {
@@ -52,7 +70,11 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             log: LogConfig::default(),
             plugins: PluginsConfig::default(),
+            oplog: OplogConfig::default(),
+            cache: CacheConfig::default(),
+            jobs: JobsConfig::default(),
             entities: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -121,6 +143,80 @@ impl Default for PluginsConfig {
     }
 }
 
+/// The oplog store: embedded SQLite unless `postgres_url` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OplogConfig {
+    /// PostgreSQL connection URL; when set, the oplog lives there.
+    pub postgres_url: Option<String>,
+    /// The SQLite file; default `{data_dir}/oplog.sqlite`.
+    pub sqlite_path: Option<PathBuf>,
+    /// Changes per source batch.
+    pub batch_size: Option<usize>,
+    /// Source batches buffered between a source and the pipeline.
+    pub queue_batches: Option<usize>,
+}
+
+/// The per-entity SQLite caches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether this node runs the SQLite cache replicator.
+    pub enabled: bool,
+    /// Root of `{entity}/db.sqlite`; default `{data_dir}/dbs`.
+    pub dir: Option<PathBuf>,
+    /// Close an entity database idle longer than this many seconds.
+    pub idle_close_secs: u64,
+    /// Oplog entries applied per batch.
+    pub batch_size: usize,
+    /// Poll interval when the oplog has nothing new, in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            dir: None,
+            idle_close_secs: 300,
+            batch_size: 5000,
+            poll_ms: 50,
+        }
+    }
+}
+
+/// Background job intervals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Re-read entity definitions from the store every this many seconds.
+    pub entity_refresh_secs: u64,
+    /// Check for idle cache connections every this many seconds.
+    pub idle_check_secs: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            entity_refresh_secs: 5,
+            idle_check_secs: 30,
+        }
+    }
+}
+
+/// A source read by `emcachers run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// A JSON-lines file, read once; its position survives restarts.
+    Jsonl {
+        /// The source name (entities refer to it).
+        name: String,
+        /// The file; relative to the configuration file.
+        path: PathBuf,
+    },
+}
+
 /// An entity declared in the configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,15 +225,23 @@ pub struct EntityConfig {
     pub name: String,
     /// The plugin that shapes it.
     pub plugin: String,
-    /// The source it comes from.
-    #[serde(default)]
-    pub source: Option<String>,
-    /// The collection within the source.
+    /// The source it comes from (`*` for any).
+    #[serde(default = "any")]
+    pub source: String,
+    /// The collection within the source (default: the entity name).
     #[serde(default)]
     pub collection: Option<String>,
     /// The plugin's configuration for it (any JSON/TOML value).
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
+    /// A JSON file holding the plugin's configuration, instead of `config`;
+    /// a relative path is relative to the configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<PathBuf>,
+}
+
+fn any() -> String {
+    "*".into()
 }
 
 fn empty_object() -> serde_json::Value {
@@ -154,7 +258,38 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::extract(figment.merge(Env::prefixed("EMCACHERS_").split("__")))
+        let mut config = Self::extract(figment.merge(Env::prefixed("EMCACHERS_").split("__")))?;
+        let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        config.read_entity_files(base)?;
+        for source in &mut config.sources {
+            match source {
+                SourceConfig::Jsonl { path, .. } => {
+                    if path.is_relative() {
+                        *path = base.join(&*path);
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Replace each entity's `config` by the content of its `config_file`.
+    fn read_entity_files(&mut self, base: &Path) -> Result<(), ConfigError> {
+        for entity in &mut self.entities {
+            let Some(file) = entity.config_file.take() else {
+                continue;
+            };
+            let path = base.join(&file);
+            let fail = |reason: String| ConfigError::EntityFile {
+                entity: entity.name.clone(),
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+            entity.config = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+            entity.config_file = Some(path);
+        }
+        Ok(())
     }
 
     /// Parse a configuration from TOML text alone (no environment).
@@ -201,6 +336,22 @@ impl Config {
         Ok(())
     }
 
+    /// The SQLite oplog file.
+    pub fn oplog_sqlite_path(&self) -> PathBuf {
+        self.oplog
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("oplog.sqlite"))
+    }
+
+    /// The root of the per-entity caches.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dbs"))
+    }
+
     /// The sandbox settings for the plugin engine.
     pub fn sandbox(&self) -> SandboxConfig {
         SandboxConfig {
@@ -244,6 +395,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("plugins.deadline_ms"), "{err}");
+    }
+
+    #[test]
+    fn entity_config_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("users.json"), r#"{"columns": []}"#).unwrap();
+        let file = dir.path().join("emcachers.toml");
+        std::fs::write(
+            &file,
+            "[[entities]]\nname = \"users\"\nplugin = \"shape\"\nconfig_file = \"users.json\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(
+            config.entities[0].config,
+            serde_json::json!({"columns": []})
+        );
+
+        std::fs::write(dir.path().join("users.json"), "{oops").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("entity users") && err.contains("users.json"),
+            "{err}"
+        );
     }
 
     #[test]

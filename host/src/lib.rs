@@ -3,10 +3,22 @@
 //!
 //! - [`plugin`]: the WebAssembly plugin runtime and registry.
 //! - [`sources`]: where changes come from.
+//! - [`ingest`]: the pipeline from source batches through plugins into the oplog.
+//! - [`oplog`]: the oplog store (embedded SQLite or PostgreSQL).
+//! - [`cache`]: cache writers (per-entity SQLite).
+//! - [`entities`]: the entity manager.
+//! - [`jobs`]: the job server.
+//! - [`node`]: the wiring of one process.
 //! - [`config`]: the configuration file and environment.
 //! - [`telemetry`]: logging.
 
+pub mod cache;
 pub mod config;
+pub mod entities;
+pub mod ingest;
+pub mod jobs;
+pub mod node;
+pub mod oplog;
 pub mod plugin;
 pub mod sources;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: real plugins compiled to WebAssembly,
 //! the `emcachers` binary, and small helpers to wait on conditions.
 
+pub mod services;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -94,21 +96,40 @@ pub fn plugins() -> &'static Plugins {
     })
 }
 
-/// The `emcachers` binary of this build (built by `cargo test --workspace`).
+/// The `emcachers` binary, built (once per test process) from the current
+/// sources so a CLI test never runs a stale binary.
 pub fn emcachers_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> → target/<profile>/emcachers
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("emcachers"))
-        .unwrap_or_default();
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current test executable");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.current_dir(workspace_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "emcachers",
+            "--bin",
+            "emcachers",
+        ]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            command.arg("--release");
+        }
+        let status = command
+            .status()
+            .expect("cannot run cargo to build emcachers");
+        assert!(status.success(), "building the emcachers binary failed");
+        let bin = profile_dir.join("emcachers");
+        assert!(bin.exists(), "{} is missing after the build", bin.display());
+        bin
+    })
+    .clone()
 }
 
 /// Poll `condition` every 10 ms until it holds or `timeout` passes.

@@ -2,6 +2,7 @@
 //! binary's edge, where library errors become messages for a person.
 
 mod plugin;
+mod rejected;
 mod run;
 
 use std::path::PathBuf;
@@ -25,6 +26,24 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Push JSON-lines changes through the pipeline into the oplog, then
+    /// bring the SQLite caches up to date.
+    Ingest {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// JSON-lines changes, one per line.
+        file: PathBuf,
+        /// The source name the changes come from.
+        #[arg(long, default_value = "jsonl")]
+        source: String,
+        /// Do not apply the oplog to the SQLite caches afterwards.
+        #[arg(long)]
+        no_replicate: bool,
+    },
+    /// Inspect and replay changes the plugins rejected.
+    #[command(subcommand)]
+    Rejected(rejected::RejectedCommand),
     /// Create, build, check and test plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -34,6 +53,13 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => run::run(config.as_deref()),
+        Command::Ingest {
+            config,
+            file,
+            source,
+            no_replicate,
+        } => run::ingest(config.as_deref(), &file, &source, !no_replicate),
+        Command::Rejected(command) => rejected::run(command),
         Command::Plugin(command) => plugin::run(command),
     }
 }

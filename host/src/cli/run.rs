@@ -1,62 +1,67 @@
-//! `emcachers run`: the long-running host.
+//! `emcachers run` and `emcachers ingest`.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use emcachers::config::Config;
-use emcachers::plugin::{PluginEngine, PluginRegistry, PluginWatcher};
+use emcachers::node::Node;
+use emcachers::sources::jsonl::JsonlFileSource;
 use emcachers::telemetry;
 
-pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    telemetry::init(&config.log.level, config.log.format);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))?;
-    Ok(ExitCode::SUCCESS)
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    std::fs::create_dir_all(&config.plugins.dir).with_context(|| {
-        format!(
-            "cannot create plugin directory {}",
-            config.plugins.dir.display()
-        )
-    })?;
+fn load(config_path: Option<&Path>) -> anyhow::Result<Config> {
+    let config = Config::load(config_path)?;
+    telemetry::init(&config.log.level, config.log.format);
+    Ok(config)
+}
 
-    let engine = PluginEngine::new(config.sandbox())?;
-    let registry = Arc::new(PluginRegistry::new(engine));
-    for entity in &config.entities {
-        // A rejected configuration is logged; the entity is not served, the host runs on.
-        if let Err(error) =
-            registry.assign(&entity.name, &entity.plugin, &entity.config.to_string())
-        {
-            tracing::error!(entity = %entity.name, plugin = %entity.plugin, %error, "entity not configured");
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    runtime()?.block_on(async {
+        let mut node = Node::open(config).await?;
+        node.start().await?;
+        tracing::info!("emcachers running");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown(Duration::from_secs(10)).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn ingest(
+    config_path: Option<&Path>,
+    file: &Path,
+    source: &str,
+    replicate: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    runtime()?.block_on(async {
+        let node = Node::open(config).await?;
+        let batch = node.config.oplog.batch_size.unwrap_or(1000);
+        let report = node.ingest(Box::new(JsonlFileSource::new(source, file, batch))).await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "batches": report.batches, "changes": report.changes, "appended": report.appended,
+                "staged": report.staged, "rejected": report.rejected, "unrouted": report.unrouted,
+            })
+        );
+        if replicate && node.config.cache.enabled {
+            let step = node.replicate_once().await?;
+            println!(
+                "{}",
+                serde_json::json!({"replicated": step.read, "upserted": step.upserted, "deleted": step.deleted,
+                    "rebuilt": step.rebuilt, "offset": step.offset, "caches": node.dbs.root().display().to_string()})
+            );
         }
-    }
-    let dir = config.plugins.dir.clone();
-    let loader = registry.clone();
-    let errors = tokio::task::spawn_blocking(move || loader.load_dir(&dir)).await?;
-    let loaded = registry.plugins();
-    tracing::info!(
-        dir = %config.plugins.dir.display(),
-        loaded = loaded.len(),
-        failed = errors.len(),
-        plugins = %loaded.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>().join(","),
-        "plugins loaded"
-    );
-    let _watcher = if config.plugins.watch {
-        Some(PluginWatcher::start(registry.clone(), &config.plugins.dir)?)
-    } else {
-        None
-    };
-
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    Ok(())
+        node.shutdown(Duration::from_secs(5)).await;
+        Ok(if report.rejected > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    })
 }
 
 async fn shutdown_signal() {

@@ -98,6 +98,34 @@ pub fn parse_line(text: &str, line: usize) -> Result<Change, LineError> {
     })
 }
 
+/// The JSON-lines form of `change` (the inverse of [`parse_line`]); used to
+/// keep rejected changes in a replayable form.
+pub fn to_line(change: &Change) -> String {
+    let parse = |text: &Option<String>| {
+        text.as_deref().map(|t| {
+            serde_json::from_str::<Value>(t).unwrap_or_else(|_| Value::String(t.to_owned()))
+        })
+    };
+    let op = match change.op {
+        ChangeOp::Upsert => "upsert",
+        ChangeOp::Delete => "delete",
+        ChangeOp::Partial => "partial",
+    };
+    let mut line = serde_json::json!({
+        "source": change.source,
+        "collection": change.collection,
+        "op": op,
+        "id": change.id,
+    });
+    if let Some(document) = parse(&change.document) {
+        line["document"] = document;
+    }
+    if let Some(current) = parse(&change.current) {
+        line["current"] = current;
+    }
+    line.to_string()
+}
+
 /// Read every change of `reader`; the first error (I/O or a bad line) is
 /// returned per line, so a caller can report all bad lines and go on.
 pub fn read(reader: impl BufRead) -> impl Iterator<Item = Result<Change, LineError>> {
@@ -147,5 +175,102 @@ mod tests {
             "{}",
             errors[2]
         );
+    }
+}
+
+/// A JSON-lines file as a source. Its position is the number of the last
+/// line whose change was committed, so a restart resumes after it. Bad lines
+/// are logged and skipped (the position moves past them).
+pub struct JsonlFileSource {
+    name: String,
+    path: std::path::PathBuf,
+    batch_size: usize,
+}
+
+impl JsonlFileSource {
+    /// Read `path` as source `name`, `batch_size` changes per batch.
+    pub fn new(
+        name: impl Into<String>,
+        path: impl Into<std::path::PathBuf>,
+        batch_size: usize,
+    ) -> Self {
+        JsonlFileSource {
+            name: name.into(),
+            path: path.into(),
+            batch_size: batch_size.max(1),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Source for JsonlFileSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(
+        &mut self,
+        position: Option<String>,
+        out: tokio::sync::mpsc::Sender<super::SourceBatch>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), super::SourceError> {
+        use tokio::io::AsyncBufReadExt;
+        let read_err = |reason: String| super::SourceError::Read {
+            source_name: self.name.clone(),
+            reason,
+        };
+        let skip: usize = position
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(|e| read_err(format!("{}: {e}", self.path.display())))?;
+        let mut lines = tokio::io::BufReader::new(file).lines();
+        let mut number = 0usize;
+        let mut changes = Vec::with_capacity(self.batch_size);
+        loop {
+            let line = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                line = lines.next_line() => line.map_err(|e| read_err(e.to_string()))?,
+            };
+            let Some(text) = line else { break };
+            number += 1;
+            if number <= skip || text.trim().is_empty() || text.trim_start().starts_with('#') {
+                continue;
+            }
+            match parse_line(&text, number) {
+                Ok(mut change) => {
+                    if change.source == SOURCE {
+                        change.source = self.name.clone();
+                    }
+                    changes.push(change);
+                }
+                Err(error) => tracing::warn!(source = %self.name, %error, "skipping bad line"),
+            }
+            if changes.len() >= self.batch_size {
+                let batch = super::SourceBatch {
+                    source: self.name.clone(),
+                    changes: std::mem::take(&mut changes),
+                    position: Some(number.to_string()),
+                    snapshot: false,
+                };
+                out.send(batch)
+                    .await
+                    .map_err(|_| super::SourceError::Closed(self.name.clone()))?;
+            }
+        }
+        if number > skip {
+            let batch = super::SourceBatch {
+                source: self.name.clone(),
+                changes,
+                position: Some(number.to_string()),
+                snapshot: false,
+            };
+            out.send(batch)
+                .await
+                .map_err(|_| super::SourceError::Closed(self.name.clone()))?;
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@
 mod cli;
 mod hot_reload;
 mod isolation;
+mod oplog_store;
+mod services;
 mod shape_plugin;
 
 use std::sync::Arc;

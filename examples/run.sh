@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build emcachers and the example plugins, then run the host on the embedded
+# default with examples/emcachers.toml (no external service needed).
+# State goes to ./data; press Ctrl-C to stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+cargo build --release -p emcachers
+mkdir -p data/plugins
+for crate in plugins/shape examples/plugin-template; do
+  ./target/release/emcachers plugin build "$crate" --out-dir data/plugins --profile plugin
+done
+exec ./target/release/emcachers run --config examples/emcachers.toml "$@"

@@ -1,0 +1,12 @@
+//! The ingest pipeline: source batches → shape plugin → oplog store.
+//!
+//! For each batch the pipeline routes changes to entities (by source and
+//! collection), hands each entity's changes to its plugin in one call (with
+//! the current row for partial changes), and commits the resulting rows,
+//! the rejected changes and the source position in one append. A per-item
+//! plugin error becomes a rejected record and the pipeline goes on; a store
+//! error is retried with backoff, never dropped.
+
+mod pipeline;
+
+pub use pipeline::{IngestReport, Pipeline, PipelineError, run_source};

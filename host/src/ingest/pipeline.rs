@@ -1,0 +1,452 @@
+//! See the module documentation of [`crate::ingest`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::entities::EntityManager;
+use crate::oplog::{
+    AppendBatch, EntityDef, NewRejected, NewRow, Op, OplogStore, SourcePosition, StoreError,
+};
+use crate::plugin::{Change, ChangeOp, ItemError, LoadedPlugin, RowOp};
+use crate::sources::{Source, SourceBatch, SourceError, jsonl};
+
+/// Why a batch could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The store failed (the batch was not committed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A blocking task failed.
+    #[error("pipeline worker failed: {0}")]
+    Worker(String),
+}
+
+/// Counters of ingested batches.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Batches committed.
+    pub batches: usize,
+    /// Changes received.
+    pub changes: usize,
+    /// Rows appended to the log.
+    pub appended: usize,
+    /// Rows staged for loading entities.
+    pub staged: usize,
+    /// Changes rejected (kept as rejected records).
+    pub rejected: usize,
+    /// Changes no entity is fed by.
+    pub unrouted: usize,
+}
+
+impl IngestReport {
+    fn add(&mut self, other: IngestReport) {
+        self.batches += other.batches;
+        self.changes += other.changes;
+        self.appended += other.appended;
+        self.staged += other.staged;
+        self.rejected += other.rejected;
+        self.unrouted += other.unrouted;
+    }
+}
+
+/// Shapes source batches with plugins and commits them to the store.
+pub struct Pipeline {
+    store: Arc<dyn OplogStore>,
+    entities: Arc<EntityManager>,
+}
+
+/// Rows and rejections produced for one batch.
+#[derive(Default)]
+struct Output {
+    rows: Vec<NewRow>,
+    rejected: Vec<NewRejected>,
+}
+
+impl Pipeline {
+    /// A pipeline committing to `store`, routing with `entities`.
+    pub fn new(store: Arc<dyn OplogStore>, entities: Arc<EntityManager>) -> Self {
+        Pipeline { store, entities }
+    }
+
+    /// Shape and commit one source batch.
+    pub async fn process(&self, batch: SourceBatch) -> Result<IngestReport, PipelineError> {
+        let mut report = IngestReport {
+            changes: batch.changes.len(),
+            ..IngestReport::default()
+        };
+        // Route: entity → its changes, in source order.
+        let mut order: Vec<EntityDef> = Vec::new();
+        let mut routed: HashMap<String, Vec<Change>> = HashMap::new();
+        let mut routes_cache: HashMap<(String, String), Vec<EntityDef>> = HashMap::new();
+        for change in batch.changes {
+            let key = (change.source.clone(), change.collection.clone());
+            let targets = routes_cache
+                .entry(key)
+                .or_insert_with(|| self.entities.routes(&change.source, &change.collection));
+            if targets.is_empty() {
+                report.unrouted += 1;
+                continue;
+            }
+            for def in targets.iter() {
+                let list = routed.entry(def.name.clone()).or_insert_with(|| {
+                    order.push(def.clone());
+                    Vec::new()
+                });
+                list.push(change.clone());
+            }
+        }
+        let groups = order
+            .into_iter()
+            .map(|def| {
+                let changes = routed.remove(&def.name).unwrap_or_default();
+                (def, changes)
+            })
+            .collect();
+        let position = batch.position.map(|position| SourcePosition {
+            source: batch.source,
+            position,
+        });
+        let committed = self.commit(groups, position, batch.snapshot).await?;
+        report.add(committed);
+        Ok(report)
+    }
+
+    /// Shape the routed groups and append them with `position`.
+    async fn commit(
+        &self,
+        groups: Vec<(EntityDef, Vec<Change>)>,
+        position: Option<SourcePosition>,
+        snapshot: bool,
+    ) -> Result<IngestReport, PipelineError> {
+        let mut out = Output::default();
+        for (def, changes) in groups {
+            self.shape_entity(&def, changes, &mut out).await?;
+        }
+        let rejected = out.rejected.len();
+        let receipt = self
+            .store
+            .append(AppendBatch {
+                rows: out.rows,
+                rejected: out.rejected,
+                position,
+                snapshot,
+            })
+            .await?;
+        Ok(IngestReport {
+            batches: 1,
+            appended: receipt.appended,
+            staged: receipt.staged,
+            rejected,
+            ..IngestReport::default()
+        })
+    }
+
+    async fn shape_entity(
+        &self,
+        def: &EntityDef,
+        changes: Vec<Change>,
+        out: &mut Output,
+    ) -> Result<(), PipelineError> {
+        let Some(plugin) = self.entities.registry().for_entity(&def.name) else {
+            let error = format!("plugin {} is not loaded", def.plugin);
+            for change in &changes {
+                out.rejected
+                    .push(rejection(def, change, &def.plugin, "", &error));
+            }
+            return Ok(());
+        };
+        // Rows this batch already produced, by id: a partial change after an
+        // upsert of the same id in the same batch merges onto that row.
+        let mut local: HashMap<String, Option<String>> = HashMap::new();
+        let mut pending: Vec<Change> = Vec::new();
+        let mut touched: HashSet<String> = HashSet::new();
+        for change in changes {
+            if change.op == ChangeOp::Partial && touched.contains(&change.id) {
+                self.shape_chunk(def, &plugin, std::mem::take(&mut pending), &mut local, out)
+                    .await?;
+                touched.clear();
+            }
+            touched.insert(change.id.clone());
+            pending.push(change);
+        }
+        self.shape_chunk(def, &plugin, pending, &mut local, out)
+            .await
+    }
+
+    async fn shape_chunk(
+        &self,
+        def: &EntityDef,
+        plugin: &Arc<LoadedPlugin>,
+        mut changes: Vec<Change>,
+        local: &mut HashMap<String, Option<String>>,
+        out: &mut Output,
+    ) -> Result<(), PipelineError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // The current row of every partial change: from this batch, else the store.
+        let missing: Vec<String> = changes
+            .iter()
+            .filter(|c| {
+                c.op == ChangeOp::Partial && c.current.is_none() && !local.contains_key(&c.id)
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        let mut stored: HashMap<String, Option<String>> = HashMap::new();
+        if !missing.is_empty() {
+            for row in self.store.latest(&def.name, &missing).await? {
+                stored.insert(
+                    row.doc_id,
+                    if row.op == Op::Upsert { row.data } else { None },
+                );
+            }
+        }
+        for change in changes
+            .iter_mut()
+            .filter(|c| c.op == ChangeOp::Partial && c.current.is_none())
+        {
+            change.current = local
+                .get(&change.id)
+                .or_else(|| stored.get(&change.id))
+                .cloned()
+                .flatten();
+        }
+
+        let entity = def.name.clone();
+        let (plugin_call, batch) = (plugin.clone(), changes);
+        let (results, changes) = tokio::task::spawn_blocking(move || {
+            let results = plugin_call.shape(&entity, &batch);
+            (results, batch)
+        })
+        .await
+        .map_err(|e| PipelineError::Worker(e.to_string()))?;
+
+        for (change, result) in changes.iter().zip(results) {
+            match result {
+                Ok(shaped) => {
+                    let mut upserted: HashSet<String> = HashSet::new();
+                    for row in shaped.rows {
+                        let op = match row.op {
+                            RowOp::Upsert => Op::Upsert,
+                            RowOp::Delete => Op::Delete,
+                        };
+                        let data = (op == Op::Upsert).then_some(row.data);
+                        if row.entity == def.name {
+                            local.insert(row.id.clone(), data.clone());
+                        }
+                        if op == Op::Upsert {
+                            upserted.insert(row.id.clone());
+                        }
+                        out.rows.push(NewRow {
+                            entity: row.entity,
+                            doc_id: row.id,
+                            op,
+                            data,
+                            plugin: plugin.name().to_owned(),
+                            plugin_version: plugin.version().to_owned(),
+                        });
+                    }
+                    if let Some(set_entity) = shaped.complete_set {
+                        self.complete_set(&set_entity, &upserted, plugin, local, out)
+                            .await?;
+                    }
+                }
+                Err(error) => {
+                    let (name, version, message) = match &error {
+                        ItemError::Rejected { message, .. } => {
+                            (plugin.name(), plugin.version(), message.clone())
+                        }
+                        ItemError::BatchFailed { reason, .. } => {
+                            (plugin.name(), plugin.version(), reason.clone())
+                        }
+                    };
+                    tracing::debug!(entity = %def.name, id = %change.id, plugin = name, version, error = %message, "change rejected");
+                    out.rejected
+                        .push(rejection(def, change, name, version, &error.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete every live row of `entity` that `upserted` lacks.
+    async fn complete_set(
+        &self,
+        entity: &str,
+        upserted: &HashSet<String>,
+        plugin: &LoadedPlugin,
+        local: &mut HashMap<String, Option<String>>,
+        out: &mut Output,
+    ) -> Result<(), PipelineError> {
+        let mut live: HashSet<String> = HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .latest_page(entity, after.as_deref(), 5000)
+                .await?;
+            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
+                break;
+            };
+            live.extend(page.into_iter().map(|r| r.doc_id));
+            after = Some(last);
+        }
+        // Rows this batch upserted or deleted earlier override the store.
+        for (id, data) in local.iter() {
+            if data.is_some() {
+                live.insert(id.clone());
+            } else {
+                live.remove(id);
+            }
+        }
+        let mut stale: Vec<String> = live
+            .into_iter()
+            .filter(|id| !upserted.contains(id))
+            .collect();
+        stale.sort();
+        for id in stale {
+            local.insert(id.clone(), None);
+            out.rows.push(NewRow {
+                entity: entity.to_owned(),
+                doc_id: id,
+                op: Op::Delete,
+                data: None,
+                plugin: plugin.name().to_owned(),
+                plugin_version: plugin.version().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Consume batches from `rx` until it closes or `cancel` fires. A batch
+    /// whose commit fails is retried (with backoff) until it succeeds: the
+    /// source waits meanwhile, nothing is dropped.
+    pub async fn run(
+        &self,
+        mut rx: mpsc::Receiver<SourceBatch>,
+        cancel: CancellationToken,
+    ) -> IngestReport {
+        let mut total = IngestReport::default();
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => return total,
+                batch = rx.recv() => match batch { Some(batch) => batch, None => return total },
+            };
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.process(batch.clone()).await {
+                    Ok(report) => {
+                        total.add(report);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(source = %batch.source, %error, retry_in_ms = backoff.as_millis() as u64, "batch not committed; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return total,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-run up to `limit` rejected records through their entities' current
+    /// plugins. Records that now shape are committed and removed; those that
+    /// fail again are stored anew with their new error. Returns (replayed,
+    /// failed again).
+    pub async fn replay_rejected(&self, limit: usize) -> Result<(usize, usize), PipelineError> {
+        let records = self.store.rejected(0, limit).await?;
+        if records.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut order: Vec<EntityDef> = Vec::new();
+        let mut grouped: HashMap<String, Vec<Change>> = HashMap::new();
+        let mut ids = Vec::with_capacity(records.len());
+        let mut unparseable = 0;
+        for record in &records {
+            ids.push(record.id);
+            let Some(def) = self.store.entity(&record.entity).await? else {
+                continue;
+            };
+            match jsonl::parse_line(&record.change, 0) {
+                Ok(change) => {
+                    grouped
+                        .entry(def.name.clone())
+                        .or_insert_with(|| {
+                            order.push(def.clone());
+                            Vec::new()
+                        })
+                        .push(change);
+                }
+                Err(error) => {
+                    unparseable += 1;
+                    tracing::warn!(id = record.id, %error, "rejected record cannot be replayed");
+                }
+            }
+        }
+        let groups = order
+            .into_iter()
+            .map(|def| {
+                let changes = grouped.remove(&def.name).unwrap_or_default();
+                (def, changes)
+            })
+            .collect();
+        let report = self.commit(groups, None, false).await?;
+        self.store.remove_rejected(&ids).await?;
+        let failed = report.rejected + unparseable;
+        Ok((records.len() - failed, failed))
+    }
+}
+
+fn rejection(
+    def: &EntityDef,
+    change: &Change,
+    plugin: &str,
+    version: &str,
+    error: &str,
+) -> NewRejected {
+    NewRejected {
+        source: change.source.clone(),
+        collection: change.collection.clone(),
+        entity: def.name.clone(),
+        doc_id: change.id.clone(),
+        change: jsonl::to_line(change),
+        plugin: plugin.to_owned(),
+        plugin_version: version.to_owned(),
+        error: error.to_owned(),
+    }
+}
+
+/// Run `source` into `pipeline` through a bounded channel of `capacity`
+/// batches, resuming from the source's committed position, until the source
+/// ends or `cancel` fires.
+pub async fn run_source(
+    mut source: Box<dyn Source>,
+    pipeline: Arc<Pipeline>,
+    store: Arc<dyn OplogStore>,
+    capacity: usize,
+    cancel: CancellationToken,
+) -> Result<IngestReport, PipelineError> {
+    let position = store.source_position(source.name()).await?;
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let consumer = {
+        let pipeline = pipeline.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { pipeline.run(rx, cancel).await })
+    };
+    let produced = source.run(position, tx, cancel).await;
+    let report = consumer
+        .await
+        .map_err(|e| PipelineError::Worker(e.to_string()))?;
+    produced?;
+    Ok(report)
+}

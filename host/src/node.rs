@@ -1,0 +1,278 @@
+//! One emcachers process: the wiring of store, plugins, entities, pipeline,
+//! cache replicator and jobs, as `emcachers run` and `emcachers ingest` use it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{
+    CacheDbManager, ReplicatorConfig, ReplicatorError, SqliteReplicator, StepReport,
+};
+use crate::config::{Config, SourceConfig};
+use crate::entities::{EntityError, EntityManager, EntitySpec};
+use crate::ingest::{IngestReport, Pipeline, PipelineError, run_source};
+use crate::jobs::JobServer;
+use crate::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore, StoreError};
+use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginWatcher, WatchError};
+use crate::sources::Source;
+use crate::sources::jsonl::JsonlFileSource;
+
+/// Why the node could not start or a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The plugin engine could not start.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// An entity from the configuration was refused.
+    #[error("entity {entity} from the configuration: {source}")]
+    Entity {
+        /// The entity.
+        entity: String,
+        /// Why.
+        source: EntityError,
+    },
+    /// Refreshing entities failed.
+    #[error(transparent)]
+    Entities(#[from] EntityError),
+    /// The plugin directory cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    /// The pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The replicator failed.
+    #[error(transparent)]
+    Replicator(#[from] ReplicatorError),
+    /// A directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A blocking task failed.
+    #[error("worker failed: {0}")]
+    Worker(String),
+}
+
+/// The wired parts of one process.
+pub struct Node {
+    /// The configuration it runs with.
+    pub config: Config,
+    /// The oplog store.
+    pub store: Arc<dyn OplogStore>,
+    /// Loaded plugins.
+    pub registry: Arc<PluginRegistry>,
+    /// Entity definitions.
+    pub entities: Arc<EntityManager>,
+    /// The ingest pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// The per-entity SQLite caches.
+    pub dbs: CacheDbManager,
+    /// Background jobs.
+    pub jobs: JobServer,
+    watcher: Option<PluginWatcher>,
+}
+
+fn create_dir(path: &std::path::Path) -> Result<(), NodeError> {
+    std::fs::create_dir_all(path).map_err(|source| NodeError::Directory {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Open the oplog store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn OplogStore>, StoreError> {
+    Ok(match &config.oplog.postgres_url {
+        Some(url) => Arc::new(PostgresStore::connect(url).await?),
+        None => {
+            let path = config.oplog_sqlite_path();
+            Arc::new(
+                tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                    .await
+                    .map_err(|e| StoreError::Worker(e.to_string()))??,
+            )
+        }
+    })
+}
+
+impl Node {
+    /// Open the store, load the plugin directory, apply the entities of the
+    /// configuration and refresh the rest from the store.
+    pub async fn open(config: Config) -> Result<Node, NodeError> {
+        create_dir(&config.data_dir)?;
+        create_dir(&config.plugins.dir)?;
+        let store = open_store(&config).await?;
+        tracing::info!(backend = store.backend(), "oplog store open");
+        let registry = Arc::new(PluginRegistry::new(PluginEngine::new(config.sandbox())?));
+        let dir = config.plugins.dir.clone();
+        let loader = registry.clone();
+        let failed = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
+            .await
+            .map_err(|e| NodeError::Worker(e.to_string()))?;
+        let loaded = registry.plugins();
+        tracing::info!(
+            dir = %config.plugins.dir.display(),
+            loaded = loaded.len(),
+            failed = failed.len(),
+            plugins = %loaded.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>().join(","),
+            "plugins loaded"
+        );
+        let dbs = CacheDbManager::new(
+            config.cache_dir(),
+            Duration::from_secs(config.cache.idle_close_secs),
+        );
+        let entities = Arc::new(EntityManager::new(
+            store.clone(),
+            registry.clone(),
+            Some(dbs.clone()),
+        ));
+        entities.refresh().await?;
+        for entity in &config.entities {
+            let spec = EntitySpec {
+                name: entity.name.clone(),
+                source: entity.source.clone(),
+                collection: entity
+                    .collection
+                    .clone()
+                    .unwrap_or_else(|| entity.name.clone()),
+                plugin: entity.plugin.clone(),
+                config: entity.config.clone(),
+            };
+            entities
+                .apply(spec, EntityStatus::Ready)
+                .await
+                .map_err(|source| NodeError::Entity {
+                    entity: entity.name.clone(),
+                    source,
+                })?;
+        }
+        let pipeline = Arc::new(Pipeline::new(store.clone(), entities.clone()));
+        Ok(Node {
+            config,
+            store,
+            registry,
+            entities,
+            pipeline,
+            dbs,
+            jobs: JobServer::new(),
+            watcher: None,
+        })
+    }
+
+    fn replicator_config(&self) -> ReplicatorConfig {
+        ReplicatorConfig {
+            batch_size: self.config.cache.batch_size.max(1),
+            poll_interval: Duration::from_millis(self.config.cache.poll_ms.max(1)),
+            ..ReplicatorConfig::default()
+        }
+    }
+
+    /// Open the SQLite cache replicator of this node.
+    pub async fn replicator(&self) -> Result<SqliteReplicator, NodeError> {
+        Ok(SqliteReplicator::open(
+            self.store.clone(),
+            self.dbs.clone(),
+            self.replicator_config(),
+        )
+        .await?)
+    }
+
+    /// Apply the whole oplog to the SQLite caches once.
+    pub async fn replicate_once(&self) -> Result<StepReport, NodeError> {
+        Ok(self.replicator().await?.catch_up().await?)
+    }
+
+    /// The sources of the configuration.
+    pub fn configured_sources(&self) -> Vec<Box<dyn Source>> {
+        let batch = self.config.oplog.batch_size.unwrap_or(1000);
+        self.config
+            .sources
+            .iter()
+            .map(|source| -> Box<dyn Source> {
+                match source {
+                    SourceConfig::Jsonl { name, path } => {
+                        Box::new(JsonlFileSource::new(name, path, batch))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Ingest one source until it ends.
+    pub async fn ingest(&self, source: Box<dyn Source>) -> Result<IngestReport, NodeError> {
+        let capacity = self.config.oplog.queue_batches.unwrap_or(4);
+        Ok(run_source(
+            source,
+            self.pipeline.clone(),
+            self.store.clone(),
+            capacity,
+            self.jobs.token(),
+        )
+        .await?)
+    }
+
+    /// Start everything that runs in the background: the plugin watcher,
+    /// the configured sources, the replicator and the periodic jobs.
+    pub async fn start(&mut self) -> Result<(), NodeError> {
+        if self.config.plugins.watch {
+            self.watcher = Some(PluginWatcher::start(
+                self.registry.clone(),
+                &self.config.plugins.dir,
+            )?);
+        }
+        for source in self.configured_sources() {
+            let (pipeline, store) = (self.pipeline.clone(), self.store.clone());
+            let capacity = self.config.oplog.queue_batches.unwrap_or(4);
+            self.jobs.spawn("source", move |cancel| async move {
+                let name = source.name().to_owned();
+                match run_source(source, pipeline, store, capacity, cancel).await {
+                    Ok(report) => tracing::info!(source = %name, batches = report.batches, changes = report.changes,
+                        appended = report.appended, rejected = report.rejected, unrouted = report.unrouted, "source finished"),
+                    Err(error) => tracing::error!(source = %name, %error, "source stopped"),
+                }
+            });
+        }
+        if self.config.cache.enabled {
+            let replicator = self.replicator().await?;
+            self.jobs
+                .spawn("replicator", move |cancel| replicator.run(cancel));
+            let dbs = self.dbs.clone();
+            self.jobs.every(
+                "close-idle-caches",
+                Duration::from_secs(self.config.jobs.idle_check_secs.max(1)),
+                move || {
+                    let dbs = dbs.clone();
+                    async move {
+                        let closed = dbs.close_idle();
+                        if closed > 0 {
+                            tracing::debug!(closed, "idle cache connections closed");
+                        }
+                        Ok::<(), String>(())
+                    }
+                },
+            );
+        }
+        let entities = self.entities.clone();
+        self.jobs.every(
+            "entity-refresh",
+            Duration::from_secs(self.config.jobs.entity_refresh_secs.max(1)),
+            move || {
+                let entities = entities.clone();
+                async move { entities.refresh().await.map(|_| ()) }
+            },
+        );
+        Ok(())
+    }
+
+    /// Stop background work (waiting at most `grace`).
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.watcher = None;
+        if !self.jobs.shutdown(grace).await {
+            tracing::warn!("some jobs did not stop in time");
+        }
+    }
+}
