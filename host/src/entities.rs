@@ -293,7 +293,8 @@ impl EntityManager {
         {
             return Err(EntityError::NotFound(name.to_owned()));
         }
-        if let Some(mut def) = self.known().get(name).cloned() {
+        let known = self.known().get(name).cloned();
+        if let Some(mut def) = known {
             def.status = EntityStatus::Deleting;
             self.remember(def);
         }

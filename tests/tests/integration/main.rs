@@ -2,9 +2,11 @@
 //! (linking wasmtime once), one module per capability.
 
 mod cli;
+mod end_to_end;
 mod hot_reload;
 mod isolation;
 mod oplog_store;
+mod replicator;
 mod services;
 mod shape_plugin;
 
