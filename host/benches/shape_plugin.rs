@@ -38,7 +38,7 @@ fn document(i: usize) -> String {
         "profile": {"name": format!("User Number {i}"), "address": {"city": "London", "zip": "W1 1AA", "street": "1 Long Street"}},
         "orgId": {"$oid": "65f0a1b2c3d4e5f6a7b8c9d0"},
         "stats": {"logins": {"$numberLong": (i * 7).to_string()}, "score": 4.5, "streak": 3},
-        "active": i % 2 == 0,
+        "active": i.is_multiple_of(2),
         "createdAt": {"$date": "2024-03-01T12:00:00Z"},
         "tags": ["admin", "beta", "early-adopter"],
         "preferences": {"theme": "dark", "language": "en-GB", "notifications": {"email": true, "sms": false}}

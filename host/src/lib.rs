@@ -1,16 +1,16 @@
 //! emcachers: a change-data replication host whose entity transforms are
 //! WebAssembly components. See `ARCHITECTURE.md` for the map.
 //!
-//! - [`plugin`]: the WebAssembly plugin runtime and registry.
-//! - [`sources`]: where changes come from.
-//! - [`ingest`]: the pipeline from source batches through plugins into the oplog.
-//! - [`oplog`]: the oplog store (embedded SQLite or PostgreSQL).
-//! - [`cache`]: cache writers (per-entity SQLite).
-//! - [`entities`]: the entity manager.
-//! - [`jobs`]: the job server.
-//! - [`node`]: the wiring of one process.
-//! - [`config`]: the configuration file and environment.
-//! - [`telemetry`]: logging.
+//! - [`plugin`] — the WebAssembly plugin runtime and registry.
+//! - [`sources`] — where changes come from.
+//! - [`ingest`] — the pipeline from source batches through plugins into the oplog.
+//! - [`oplog`] — the oplog store (embedded SQLite or PostgreSQL).
+//! - [`cache`] — cache writers (per-entity SQLite).
+//! - [`entities`] — the entity manager.
+//! - [`jobs`] — the job server.
+//! - [`node`] — the wiring of one process.
+//! - [`config`] — the configuration file and environment.
+//! - [`telemetry`] — logging.
 
 pub mod cache;
 pub mod config;

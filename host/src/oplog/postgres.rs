@@ -172,7 +172,7 @@ impl OplogStore for PostgresStore {
                 .await?
             };
             for row in &batch.rows {
-                if loading.iter().any(|name| *name == row.entity) {
+                if loading.contains(&row.entity) {
                     to_stage.push(row);
                 } else {
                     to_log.push(row);

@@ -255,10 +255,10 @@ impl LoadedPlugin {
     }
 
     fn release(&self, instance: Instance) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.engine.config().max_idle_instances {
-                idle.push(instance);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.engine.config().max_idle_instances
+        {
+            idle.push(instance);
         }
     }
 

@@ -139,12 +139,11 @@ impl PluginRegistry {
             configs.set(entity, config.to_owned());
         }
         let mut state = self.write();
-        if let Some(previous) = state.assigned.insert(entity.to_owned(), plugin.to_owned()) {
-            if previous != plugin {
-                if let Some(old) = state.configs.get(&previous) {
-                    old.remove(entity);
-                }
-            }
+        if let Some(previous) = state.assigned.insert(entity.to_owned(), plugin.to_owned())
+            && previous != plugin
+            && let Some(old) = state.configs.get(&previous)
+        {
+            old.remove(entity);
         }
         Ok(())
     }
@@ -152,10 +151,10 @@ impl PluginRegistry {
     /// Forget `entity`'s assignment and configuration.
     pub fn unassign(&self, entity: &str) {
         let mut state = self.write();
-        if let Some(plugin) = state.assigned.remove(entity) {
-            if let Some(configs) = state.configs.get(&plugin) {
-                configs.remove(entity);
-            }
+        if let Some(plugin) = state.assigned.remove(entity)
+            && let Some(configs) = state.configs.get(&plugin)
+        {
+            configs.remove(entity);
         }
     }
 
@@ -235,14 +234,14 @@ impl PluginRegistry {
         let info = LoadedPlugin::describe_new(&self.engine, path, &compiled)?;
         {
             let state = self.read();
-            if let Some(other) = state.plugins.get(&info.name) {
-                if other.path() != path {
-                    return Err(PluginError::NameConflict {
-                        path: path.to_owned(),
-                        name: info.name.clone(),
-                        other: other.path().to_owned(),
-                    });
-                }
+            if let Some(other) = state.plugins.get(&info.name)
+                && other.path() != path
+            {
+                return Err(PluginError::NameConflict {
+                    path: path.to_owned(),
+                    name: info.name.clone(),
+                    other: other.path().to_owned(),
+                });
             }
         }
         let configs = self

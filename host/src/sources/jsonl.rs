@@ -139,45 +139,6 @@ pub fn read(reader: impl BufRead) -> impl Iterator<Item = Result<Change, LineErr
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_each_op() {
-        let input = "{\"collection\":\"users\",\"op\":\"upsert\",\"id\":\"u1\",\"document\":{\"a\":1}}\n\n# note\n{\"collection\":\"users\",\"op\":\"delete\",\"id\":7}\n";
-        let changes: Vec<_> = read(input.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("valid");
-        assert_eq!(changes.len(), 2);
-        assert_eq!(changes[0].op, ChangeOp::Upsert);
-        assert_eq!(changes[0].document.as_deref(), Some("{\"a\":1}"));
-        assert_eq!(changes[1].id, "7");
-        assert_eq!(changes[1].source, SOURCE);
-    }
-
-    #[test]
-    fn bad_lines_name_their_number() {
-        let input = "{\"collection\":\"users\",\"op\":\"upsert\",\"id\":\"u1\"}\nnot json\n{\"collection\":\"u\",\"op\":\"merge\",\"id\":\"1\"}";
-        let results: Vec<_> = read(input.as_bytes()).collect();
-        let errors: Vec<String> = results
-            .into_iter()
-            .map(|r| r.unwrap_err().to_string())
-            .collect();
-        assert!(
-            errors[0].starts_with("line 1:") && errors[0].contains("document"),
-            "{}",
-            errors[0]
-        );
-        assert!(errors[1].starts_with("line 2:"), "{}", errors[1]);
-        assert!(
-            errors[2].starts_with("line 3:") && errors[2].contains("merge"),
-            "{}",
-            errors[2]
-        );
-    }
-}
-
 /// A JSON-lines file as a source. Its position is the number of the last
 /// line whose change was committed, so a restart resumes after it. Bad lines
 /// are logged and skipped (the position moves past them).
@@ -272,5 +233,44 @@ impl super::Source for JsonlFileSource {
                 .map_err(|_| super::SourceError::Closed(self.name.clone()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_op() {
+        let input = "{\"collection\":\"users\",\"op\":\"upsert\",\"id\":\"u1\",\"document\":{\"a\":1}}\n\n# note\n{\"collection\":\"users\",\"op\":\"delete\",\"id\":7}\n";
+        let changes: Vec<_> = read(input.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("valid");
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].op, ChangeOp::Upsert);
+        assert_eq!(changes[0].document.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(changes[1].id, "7");
+        assert_eq!(changes[1].source, SOURCE);
+    }
+
+    #[test]
+    fn bad_lines_name_their_number() {
+        let input = "{\"collection\":\"users\",\"op\":\"upsert\",\"id\":\"u1\"}\nnot json\n{\"collection\":\"u\",\"op\":\"merge\",\"id\":\"1\"}";
+        let results: Vec<_> = read(input.as_bytes()).collect();
+        let errors: Vec<String> = results
+            .into_iter()
+            .map(|r| r.unwrap_err().to_string())
+            .collect();
+        assert!(
+            errors[0].starts_with("line 1:") && errors[0].contains("document"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].starts_with("line 2:"), "{}", errors[1]);
+        assert!(
+            errors[2].starts_with("line 3:") && errors[2].contains("merge"),
+            "{}",
+            errors[2]
+        );
     }
 }

@@ -41,7 +41,10 @@ const CHANGES: &str = r#"{"collection": "users", "op": "upsert", "id": "u1", "do
 {"collection": "orders", "op": "upsert", "id": "o1", "document": {"total": 3}}
 "#;
 
-fn rows(db: &Path) -> Vec<(String, Option<String>, Option<String>, Option<i64>)> {
+/// (id, email, city, logins) of every cached user.
+type UserRow = (String, Option<String>, Option<String>, Option<i64>);
+
+fn rows(db: &Path) -> Vec<UserRow> {
     let conn = Connection::open(db).expect("open cache");
     let mut stmt = conn
         .prepare("SELECT id, email, city, logins FROM users ORDER BY id")

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! End-to-end tests of emcachers with real compiled plugins. One test binary
 //! (linking wasmtime once), one module per capability.
 
