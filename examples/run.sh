@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build emcachers and the example plugins, then run the host on the embedded
-# default with examples/emcachers.toml (no external service needed).
+# default (SQLite oplog, no external service) with examples/emcachers.toml:
+# it ingests examples/shape/changes.jsonl through the shape and template
+# plugins and replicates the rows into data/dbs/{users,profiles}/db.sqlite.
+#   sqlite3 data/dbs/users/db.sqlite 'SELECT id, email, city, logins FROM users'
 # State goes to ./data; press Ctrl-C to stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +13,5 @@ mkdir -p data/plugins
 for crate in plugins/shape examples/plugin-template; do
   ./target/release/emcachers plugin build "$crate" --out-dir data/plugins --profile plugin
 done
+echo "query the caches with: sqlite3 data/dbs/users/db.sqlite 'SELECT * FROM users'" >&2
 exec ./target/release/emcachers run --config examples/emcachers.toml "$@"

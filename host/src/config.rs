@@ -2,7 +2,8 @@
 //! variables (`EMCACHERS_PLUGINS__DIR=/x` sets `plugins.dir`).
 //!
 //! Loading goes through figment, so an error names the offending key and
-//! where its value came from.
+//! where its value came from. Relative paths in a configuration file are
+//! relative to the file's directory; without a file, to the working directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -260,17 +261,36 @@ impl Config {
         }
         let mut config = Self::extract(figment.merge(Env::prefixed("EMCACHERS_").split("__")))?;
         let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        if path.is_some() {
+            config.resolve_paths(base);
+        }
         config.read_entity_files(base)?;
-        for source in &mut config.sources {
+        Ok(config)
+    }
+
+    /// Make every relative path of a configuration file relative to the
+    /// file's directory, so the file means the same from any working directory.
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.data_dir);
+        resolve(&mut self.plugins.dir);
+        self.plugins.cache_dir.iter_mut().for_each(resolve);
+        self.plugins
+            .wasi
+            .read_only_dirs
+            .iter_mut()
+            .for_each(resolve);
+        self.oplog.sqlite_path.iter_mut().for_each(resolve);
+        self.cache.dir.iter_mut().for_each(resolve);
+        for source in &mut self.sources {
             match source {
-                SourceConfig::Jsonl { path, .. } => {
-                    if path.is_relative() {
-                        *path = base.join(&*path);
-                    }
-                }
+                SourceConfig::Jsonl { path, .. } => resolve(path),
             }
         }
-        Ok(config)
     }
 
     /// Replace each entity's `config` by the content of its `config_file`.
@@ -418,6 +438,27 @@ mod tests {
         assert!(
             err.contains("entity users") && err.contains("users.json"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("emcachers.toml");
+        std::fs::write(&file, "data_dir = \"state\"\n[plugins]\ndir = \"/abs/plugins\"\n[[sources]]\nkind = \"jsonl\"\nname = \"s\"\npath = \"in.jsonl\"\n").unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.data_dir, dir.path().join("state"));
+        assert_eq!(config.plugins.dir, PathBuf::from("/abs/plugins"));
+        assert_eq!(
+            config.oplog_sqlite_path(),
+            dir.path().join("state/oplog.sqlite")
+        );
+        assert_eq!(
+            config.sources[0],
+            SourceConfig::Jsonl {
+                name: "s".into(),
+                path: dir.path().join("in.jsonl")
+            }
         );
     }
 

@@ -3,7 +3,8 @@
 //! A path is a list of segments separated by `.`: object keys, or decimal
 //! indexes into arrays (`items.0.sku`). A key that itself contains dots, as
 //! MongoDB's `updatedFields` have (`{"address.city": "Oslo"}`), is found too:
-//! at each level the longest literal key that matches is taken first.
+//! at each level the shortest key that leads to a value wins (`a` before
+//! `a.b` before `a.b.c`).
 
 use serde_json::Value;
 
@@ -15,20 +16,17 @@ pub fn get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     }
     match doc {
         Value::Object(map) => {
-            if let Some(v) = map.get(path) {
-                return Some(v);
-            }
-            // Try the literal keys that are dotted prefixes of the path, longest first.
-            let mut end = path.len();
-            while let Some(dot) = path[..end].rfind('.') {
+            // Nested keys first (the common case), then keys that are dotted
+            // prefixes of the path, shortest first, then the whole path as
+            // one literal key.
+            for (dot, _) in path.match_indices('.') {
                 if let Some(v) = map.get(&path[..dot])
                     && let Some(found) = get(v, &path[dot + 1..])
                 {
                     return Some(found);
                 }
-                end = dot;
             }
-            None
+            map.get(path)
         }
         Value::Array(items) => {
             let (head, rest) = path.split_once('.').unwrap_or((path, ""));

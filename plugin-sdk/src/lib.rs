@@ -33,6 +33,15 @@
 //! one bad document never fails its batch. Test a plugin natively with
 //! [`testing::Harness`]: it runs the same adapter code without WebAssembly.
 
+/// The guest's global allocator (feature `fast-alloc`, on by default).
+#[cfg(all(
+    feature = "fast-alloc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 pub mod coerce;
 pub mod json_path;
 pub mod log;
@@ -86,10 +95,7 @@ pub trait Plugin: Default + 'static {
     /// JSON under `{entity}:{version}:{id}`.
     fn keys(&self, entity: &str, row: &Row) -> Result<Vec<CacheWrite>> {
         let key = format!("{entity}:{}:{}", self.version(entity), row.id);
-        Ok(vec![CacheWrite::new(
-            key,
-            Value::Object(row.data.clone()).to_string(),
-        )])
+        Ok(vec![CacheWrite::new(key, runner::json_text(&row.data))])
     }
 
     /// The cache-layout version of `entity`. The default is the plugin version.

@@ -81,6 +81,12 @@ impl<P: Plugin> Runner<P> {
     }
 }
 
+/// Serialise JSON straight into a `String`. (`Value::to_string` goes through
+/// `fmt::Display` and is several times slower, which shows inside a guest.)
+pub(crate) fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| String::from("null"))
+}
+
 fn parse_object(what: &str, id: &str, text: &str) -> Result<Map<String, Value>, String> {
     match serde_json::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
@@ -125,11 +131,8 @@ pub(crate) fn change_to_wit(change: &Change) -> wit::Change {
             ChangeOp::Partial => wit::ChangeOp::Partial,
         },
         id: change.id.clone(),
-        document: change.document.as_ref().map(Value::to_string),
-        current: change
-            .current
-            .as_ref()
-            .map(|c| Value::Object(c.clone()).to_string()),
+        document: change.document.as_ref().map(json_text),
+        current: change.current.as_ref().map(json_text),
     }
 }
 
@@ -152,7 +155,7 @@ pub(crate) fn row_from_wit(row: wit::Row) -> Result<Row, String> {
 
 pub(crate) fn row_to_wit(row: Row) -> wit::Row {
     wit::Row {
-        data: Value::Object(row.data).to_string(),
+        data: json_text(&row.data),
         entity: row.entity,
         id: row.id,
         op: match row.op {

@@ -130,6 +130,11 @@ impl PluginEngine {
     pub fn new(config: SandboxConfig) -> Result<Self, PluginError> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true);
+        // `EMCACHERS_WASM_PROFILER=perfmap` lets `perf record` name JIT-compiled
+        // plugin functions (an operator's tool for slow plugins).
+        if std::env::var("EMCACHERS_WASM_PROFILER").is_ok_and(|v| v == "perfmap") {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(|e| PluginError::Invalid {
             path: PathBuf::new(),
             reason: format!("engine configuration: {e}"),
