@@ -58,13 +58,6 @@ fn one_row(shaped: Result<Shaped, String>) -> Row {
     shaped.rows.into_iter().next().unwrap()
 }
 
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        other => panic!("not an object: {other}"),
-    }
-}
-
 #[test]
 fn describe_serves_everything() {
     let info = Harness::<ShapePlugin>::default().describe();
