@@ -51,8 +51,8 @@ mod model;
 mod runner;
 
 pub use model::{
-    Binding, CacheWrite, Change, ChangeOp, Column, ColumnType, Error, Index, PluginInfo, Result,
-    Row, RowOp, Shaped, TableLayout,
+    Binding, CacheWrite, Change, ChangeOp, Column, ColumnType, Error, Index, PluginInfo, RawChange,
+    RawRow, RawShaped, Result, Row, RowOp, Shaped, TableLayout,
 };
 pub use runner::Runner;
 pub use serde_json::{self, Map, Value, json};
@@ -90,6 +90,20 @@ pub trait Plugin: Default + 'static {
 
     /// Turn one change into rows.
     fn shape(&self, entity: &str, change: Change) -> Result<Shaped>;
+
+    /// Turn one change into rows, working on the JSON text as it crossed the
+    /// boundary. This is what the SDK calls for every change; the default
+    /// parses the change ([`RawChange::parse`]), calls
+    /// [`shape`](Plugin::shape) and serialises the rows.
+    ///
+    /// Override it only to save work in a hot plugin, e.g. to parse just the
+    /// fields it needs (see [`json_path::Selector`]) or to write row JSON
+    /// directly; it must behave as `shape` does. Most plugins implement
+    /// `shape` alone.
+    fn shape_raw(&self, entity: &str, change: RawChange) -> Result<RawShaped> {
+        let change = change.parse()?;
+        self.shape(entity, change).map(RawShaped::from)
+    }
 
     /// The cache writes one upsert row implies. The default writes the row's
     /// JSON under `{entity}:{version}:{id}`.

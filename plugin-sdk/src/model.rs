@@ -377,3 +377,110 @@ pub struct TableLayout {
     /// Secondary indexes.
     pub indexes: Vec<Index>,
 }
+
+/// One change with its JSON still as text, as it crossed the boundary: the
+/// input of [`Plugin::shape_raw`](crate::Plugin::shape_raw).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChange {
+    /// The source, e.g. `mongo`.
+    pub source: String,
+    /// The collection or entity type within the source.
+    pub collection: String,
+    /// What happened.
+    pub op: ChangeOp,
+    /// The document id.
+    pub id: String,
+    /// The document as JSON text, or for a partial change the changed fields.
+    pub document: Option<String>,
+    /// The entity's current row for this id as JSON text (an object), when
+    /// the host has one.
+    pub current: Option<String>,
+}
+
+impl RawChange {
+    /// Parse the JSON into a [`Change`], as the SDK does before calling
+    /// [`Plugin::shape`](crate::Plugin::shape). Invalid JSON, or a current
+    /// row that is not an object, is an item error naming the id.
+    pub fn parse(self) -> Result<Change> {
+        crate::runner::change_from_raw(self).map_err(Error::msg)
+    }
+}
+
+/// One row with its fields already serialised: the output of
+/// [`Plugin::shape_raw`](crate::Plugin::shape_raw).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    /// The entity.
+    pub entity: String,
+    /// The row id within the entity.
+    pub id: String,
+    /// Upsert or delete.
+    pub op: RowOp,
+    /// The row's fields as the JSON text of one object (`{}` for a delete).
+    pub data: String,
+}
+
+impl RawRow {
+    /// An upsert row whose fields are the JSON object text `data`.
+    pub fn upsert(entity: impl Into<String>, id: impl Into<String>, data: String) -> Self {
+        RawRow {
+            entity: entity.into(),
+            id: id.into(),
+            op: RowOp::Upsert,
+            data,
+        }
+    }
+
+    /// A delete row.
+    pub fn delete(entity: impl Into<String>, id: impl Into<String>) -> Self {
+        RawRow {
+            entity: entity.into(),
+            id: id.into(),
+            op: RowOp::Delete,
+            data: String::from("{}"),
+        }
+    }
+}
+
+impl From<Row> for RawRow {
+    /// Serialise the row's fields.
+    fn from(row: Row) -> Self {
+        RawRow {
+            data: crate::runner::json_text(&row.data),
+            entity: row.entity,
+            id: row.id,
+            op: row.op,
+        }
+    }
+}
+
+/// What one change turned into, with the rows serialised: the output of
+/// [`Plugin::shape_raw`](crate::Plugin::shape_raw).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawShaped {
+    /// The rows, in order.
+    pub rows: Vec<RawRow>,
+    /// When set, `rows` is the complete set of this entity; the host deletes
+    /// every other row of it.
+    pub complete_set: Option<String>,
+}
+
+impl RawShaped {
+    /// Exactly one row.
+    pub fn row(row: RawRow) -> Self {
+        RawShaped {
+            rows: vec![row],
+            complete_set: None,
+        }
+    }
+}
+
+impl From<Shaped> for RawShaped {
+    /// Serialise every row.
+    fn from(shaped: Shaped) -> Self {
+        RawShaped {
+            rows: shaped.rows.into_iter().map(RawRow::from).collect(),
+            complete_set: shaped.complete_set,
+        }
+    }
+}

@@ -6,7 +6,8 @@ use serde_json::{Map, Value};
 use crate::Plugin;
 use crate::bindings::emcachers::plugin::types as wit;
 use crate::model::{
-    Binding, CacheWrite, Change, ChangeOp, ColumnType, PluginInfo, Row, RowOp, Shaped, TableLayout,
+    Binding, CacheWrite, Change, ChangeOp, ColumnType, PluginInfo, RawChange, RawRow, RawShaped,
+    Row, RowOp, Shaped, TableLayout,
 };
 
 /// Runs a [`Plugin`] behind the WIT interface. The exported component and
@@ -48,9 +49,11 @@ impl<P: Plugin> Runner<P> {
         changes
             .into_iter()
             .map(|change| {
-                let change = change_from_wit(change)?;
-                let shaped = self.plugin.shape(entity, change).map_err(String::from)?;
-                Ok(shaped_to_wit(shaped))
+                let shaped = self
+                    .plugin
+                    .shape_raw(entity, change_to_raw(change))
+                    .map_err(String::from)?;
+                Ok(raw_shaped_to_wit(shaped))
             })
             .collect()
     }
@@ -95,7 +98,22 @@ fn parse_object(what: &str, id: &str, text: &str) -> Result<Map<String, Value>, 
     }
 }
 
-pub(crate) fn change_from_wit(change: wit::Change) -> Result<Change, String> {
+fn change_to_raw(change: wit::Change) -> RawChange {
+    RawChange {
+        source: change.source,
+        collection: change.collection,
+        op: match change.op {
+            wit::ChangeOp::Upsert => ChangeOp::Upsert,
+            wit::ChangeOp::Delete => ChangeOp::Delete,
+            wit::ChangeOp::Partial => ChangeOp::Partial,
+        },
+        id: change.id,
+        document: change.document,
+        current: change.current,
+    }
+}
+
+pub(crate) fn change_from_raw(change: RawChange) -> Result<Change, String> {
     let document = match change.document {
         Some(text) => Some(
             serde_json::from_str(&text)
@@ -110,11 +128,7 @@ pub(crate) fn change_from_wit(change: wit::Change) -> Result<Change, String> {
     Ok(Change {
         source: change.source,
         collection: change.collection,
-        op: match change.op {
-            wit::ChangeOp::Upsert => ChangeOp::Upsert,
-            wit::ChangeOp::Delete => ChangeOp::Delete,
-            wit::ChangeOp::Partial => ChangeOp::Partial,
-        },
+        op: change.op,
         id: change.id,
         document,
         current,
@@ -165,9 +179,21 @@ pub(crate) fn row_to_wit(row: Row) -> wit::Row {
     }
 }
 
-pub(crate) fn shaped_to_wit(shaped: Shaped) -> wit::Shaped {
+fn raw_shaped_to_wit(shaped: RawShaped) -> wit::Shaped {
     wit::Shaped {
-        rows: shaped.rows.into_iter().map(row_to_wit).collect(),
+        rows: shaped
+            .rows
+            .into_iter()
+            .map(|row: RawRow| wit::Row {
+                entity: row.entity,
+                id: row.id,
+                op: match row.op {
+                    RowOp::Upsert => wit::RowOp::Upsert,
+                    RowOp::Delete => wit::RowOp::Delete,
+                },
+                data: row.data,
+            })
+            .collect(),
         complete_set: shaped.complete_set,
     }
 }
