@@ -59,6 +59,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Background jobs.
     pub jobs: JobsConfig,
+    /// The REST API.
+    pub api: ApiConfig,
     /// Entities declared in the file, applied at start.
     pub entities: Vec<EntityConfig>,
     /// Sources read by `emcachers run`.
@@ -74,6 +76,7 @@ impl Default for Config {
             oplog: OplogConfig::default(),
             cache: CacheConfig::default(),
             jobs: JobsConfig::default(),
+            api: ApiConfig::default(),
             entities: Vec::new(),
             sources: Vec::new(),
         }
@@ -201,6 +204,25 @@ impl Default for JobsConfig {
         JobsConfig {
             entity_refresh_secs: 5,
             idle_check_secs: 30,
+        }
+    }
+}
+
+/// The REST API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Whether `emcachers run` serves it.
+    pub enabled: bool,
+    /// Listen address (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! emcachers: a change-data replication host whose entity transforms are
 //! WebAssembly components. See `ARCHITECTURE.md` for the map.
 //!
+//! - [`api`] — the REST API (axum).
 //! - [`plugin`] — the WebAssembly plugin runtime and registry.
 //! - [`sources`] — where changes come from.
 //! - [`ingest`] — the pipeline from source batches through plugins into the oplog.
@@ -12,6 +13,7 @@
 //! - [`config`] — the configuration file and environment.
 //! - [`telemetry`] — logging.
 
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod entities;

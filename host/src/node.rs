@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api;
 use crate::cache::{
     CacheDbManager, ReplicatorConfig, ReplicatorError, SqliteReplicator, StepReport,
 };
@@ -45,6 +46,14 @@ pub enum NodeError {
     /// The replicator failed.
     #[error(transparent)]
     Replicator(#[from] ReplicatorError),
+    /// The API address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// A directory could not be created.
     #[error("cannot create {path}: {source}")]
     Directory {
@@ -75,6 +84,7 @@ pub struct Node {
     /// Background jobs.
     pub jobs: JobServer,
     watcher: Option<PluginWatcher>,
+    api_addr: Option<std::net::SocketAddr>,
 }
 
 fn create_dir(path: &std::path::Path) -> Result<(), NodeError> {
@@ -160,6 +170,7 @@ impl Node {
             dbs,
             jobs: JobServer::new(),
             watcher: None,
+            api_addr: None,
         })
     }
 
@@ -215,9 +226,37 @@ impl Node {
         .await?)
     }
 
-    /// Start everything that runs in the background: the plugin watcher,
-    /// the configured sources, the replicator and the periodic jobs.
+    /// The address the REST API listens on, once started.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api_addr
+    }
+
+    /// Start everything that runs in the background: the REST API, the
+    /// plugin watcher, the configured sources, the replicator and the
+    /// periodic jobs.
     pub async fn start(&mut self) -> Result<(), NodeError> {
+        if self.config.api.enabled {
+            let addr = self.config.api.listen.clone();
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            self.api_addr = listener.local_addr().ok();
+            let router = api::router(api::ApiState {
+                store: self.store.clone(),
+                entities: self.entities.clone(),
+                registry: self.registry.clone(),
+                pipeline: self.pipeline.clone(),
+                dbs: self.config.cache.enabled.then(|| self.dbs.clone()),
+            });
+            self.jobs.spawn("api", move |cancel| async move {
+                if let Err(error) = api::serve(listener, router, cancel).await {
+                    tracing::error!(%error, "REST API stopped");
+                }
+            });
+        }
         if self.config.plugins.watch {
             self.watcher = Some(PluginWatcher::start(
                 self.registry.clone(),

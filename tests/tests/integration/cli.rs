@@ -192,7 +192,7 @@ fn run_loads_the_plugin_directory() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[plugins]\ndir = {:?}\n",
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = {:?}\n",
             path(&dir.path().join("data")),
             path(&plugin_dir)
         ),

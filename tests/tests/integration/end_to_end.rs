@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
 
 /// A data directory with the shape plugin and a config for entity `users`.
-fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
+pub fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir_all(&plugin_dir).expect("mkdir");
@@ -22,7 +22,7 @@ fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {data:?}\n[plugins]\ndir = {plugins:?}\nwatch = false\n{extra}\n\
+            "data_dir = {data:?}\n[api]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = {plugins:?}\nwatch = false\n{extra}\n\
              [[entities]]\nname = \"users\"\nplugin = \"shape\"\ncollection = \"users\"\nconfig_file = {shape:?}\n",
             data = dir.path().join("data").display().to_string(),
             plugins = plugin_dir.display().to_string(),
@@ -33,7 +33,7 @@ fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-const CHANGES: &str = r#"{"collection": "users", "op": "upsert", "id": "u1", "document": {"_id": "u1", "email": "ada@example.com", "profile": {"name": "Ada", "address": {"city": "London"}}, "stats": {"logins": 1}}}
+pub const CHANGES: &str = r#"{"collection": "users", "op": "upsert", "id": "u1", "document": {"_id": "u1", "email": "ada@example.com", "profile": {"name": "Ada", "address": {"city": "London"}}, "stats": {"logins": 1}}}
 {"collection": "users", "op": "upsert", "id": "u2", "document": {"_id": "u2", "email": "bob@example.com", "stats": {"logins": "lots"}}}
 {"collection": "users", "op": "upsert", "id": "u3", "document": {"_id": "u3", "email": "cy@example.com", "active": "true", "tags": ["x"]}}
 {"collection": "users", "op": "partial", "id": "u1", "document": {"profile.address.city": "Bergen"}}

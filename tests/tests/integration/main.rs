@@ -2,6 +2,7 @@
 //! End-to-end tests of emcachers with real compiled plugins. One test binary
 //! (linking wasmtime once), one module per capability.
 
+mod api;
 mod cli;
 mod end_to_end;
 mod hot_reload;

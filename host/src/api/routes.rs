@@ -1,0 +1,261 @@
+//! Route handlers.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::cache::CacheDbManager;
+use crate::entities::{EntityManager, EntitySpec};
+use crate::ingest::Pipeline;
+use crate::oplog::{EntityStatus, OplogStore};
+use crate::plugin::PluginRegistry;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The oplog store.
+    pub store: Arc<dyn OplogStore>,
+    /// Entity definitions.
+    pub entities: Arc<EntityManager>,
+    /// Loaded plugins.
+    pub registry: Arc<PluginRegistry>,
+    /// The ingest pipeline (for replays).
+    pub pipeline: Arc<Pipeline>,
+    /// The local SQLite caches, when this node runs them.
+    pub dbs: Option<CacheDbManager>,
+}
+
+/// The API router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/entities", get(list_entities).post(create_entity))
+        .route("/api/entities/refresh", post(refresh_all))
+        .route(
+            "/api/entities/{name}",
+            get(get_entity).put(update_entity).delete(delete_entity),
+        )
+        .route("/api/entities/{name}/refresh", post(refresh_entity))
+        .route("/api/oplogs/{entity}", get(oplog))
+        .route("/api/plugins", get(plugins))
+        .route("/api/rejected", get(rejected))
+        .route("/api/rejected/replay", post(replay))
+        .route("/api/replication/stats", get(stats))
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "healthy"}))
+}
+
+/// The body of `POST /api/entities`: a spec, optionally with its initial status.
+#[derive(Debug, Deserialize)]
+struct CreateEntity {
+    #[serde(flatten)]
+    spec: EntitySpec,
+    #[serde(default)]
+    status: Option<EntityStatus>,
+}
+
+async fn list_entities(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.entities.list().await?)))
+}
+
+async fn create_entity(
+    State(state): State<ApiState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body?;
+    let request: CreateEntity = serde_json::from_value(body).map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("invalid entity: {e}"),
+    })?;
+    let def = state
+        .entities
+        .create(request.spec, request.status.unwrap_or(EntityStatus::Ready))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(def))))
+}
+
+async fn get_entity(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.entities.get(&name).await?)))
+}
+
+async fn update_entity(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(mut body) = body?;
+    if let Some(object) = body.as_object_mut() {
+        object
+            .entry("name")
+            .or_insert_with(|| Value::String(name.clone()));
+    }
+    let spec: EntitySpec = serde_json::from_value(body).map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("invalid entity: {e}"),
+    })?;
+    if spec.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the body names entity {}, the path {name}",
+            spec.name
+        )));
+    }
+    Ok(Json(json!(state.entities.update(spec).await?)))
+}
+
+async fn delete_entity(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.entities.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn refresh_entity(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.entities.get(&name).await?;
+    let changed = state.entities.publish_layout(&name).await?;
+    Ok(Json(json!({"entity": name, "layout_changed": changed})))
+}
+
+async fn refresh_all(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let report = state.entities.hard_refresh().await?;
+    Ok(Json(json!({
+        "entities": report.entities, "configured": report.configured,
+        "layouts_changed": report.layouts_changed, "removed": report.removed,
+    })))
+}
+
+/// `?after=&limit=` paging.
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+fn page(query: Result<Query<Page>, QueryRejection>) -> Result<Page, ApiError> {
+    let Query(page) = query?;
+    if page.limit == 0 || page.limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 10000"));
+    }
+    Ok(page)
+}
+
+async fn oplog(
+    State(state): State<ApiState>,
+    Path(entity): Path<String>,
+    query: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let page = page(query)?;
+    state.entities.get(&entity).await?;
+    // Read forward until `limit` entries of this entity are found or the log ends.
+    let mut found = Vec::new();
+    let mut after = page.after;
+    loop {
+        let batch = state.store.read_log(after, 5000).await?;
+        let Some(last) = batch.last().map(|e| e.id) else {
+            break;
+        };
+        found.extend(
+            batch
+                .into_iter()
+                .filter(|e| e.entity == entity)
+                .take(page.limit - found.len()),
+        );
+        after = last;
+        if found.len() >= page.limit {
+            break;
+        }
+    }
+    Ok(Json(json!(found)))
+}
+
+async fn plugins(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({"plugins": state.registry.plugins(), "files": state.registry.files()}))
+}
+
+async fn rejected(
+    State(state): State<ApiState>,
+    query: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let page = page(query)?;
+    Ok(Json(json!(
+        state.store.rejected(page.after, page.limit).await?
+    )))
+}
+
+async fn replay(
+    State(state): State<ApiState>,
+    query: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let page = page(query)?;
+    let (replayed, failed) = state.pipeline.replay_rejected(page.limit).await?;
+    Ok(Json(json!({"replayed": replayed, "failed_again": failed})))
+}
+
+async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let head = state.store.head().await?;
+    let entities = state.entities.list().await?;
+    let mut per_entity = Vec::new();
+    for def in &entities {
+        let cache = match &state.dbs {
+            Some(dbs) => {
+                let (dbs, name) = (dbs.clone(), def.name.clone());
+                tokio::task::spawn_blocking(move || {
+                    dbs.state(&name)
+                        .ok()
+                        .flatten()
+                        .map(|s| (s, dbs.row_count(&name).ok().flatten()))
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+            None => None,
+        };
+        per_entity.push(json!({
+            "entity": def.name,
+            "status": def.status,
+            "staged": state.store.staged_count(&def.name).await?,
+            "cache": cache.map(|(s, rows)| json!({"layout_version": s.version, "applied_oplog_id": s.applied_id, "rows": rows})),
+        }));
+    }
+    let positions = {
+        let mut sources: Vec<&str> = entities.iter().map(|e| e.source.as_str()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let mut out = serde_json::Map::new();
+        for source in sources {
+            if let Some(position) = state.store.source_position(source).await? {
+                out.insert(source.to_owned(), Value::String(position));
+            }
+        }
+        out
+    };
+    Ok(Json(json!({
+        "backend": state.store.backend(),
+        "oplog_head": head,
+        "source_positions": positions,
+        "entities": per_entity,
+    })))
+}
