@@ -6,6 +6,7 @@
 //! `{"$date": ..}` as text, `{"$numberLong"|"$numberInt"|"$numberDouble"|"$numberDecimal": ..}`
 //! as numbers.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde_json::{Number, Value};
@@ -62,6 +63,9 @@ const NUMBER_WRAPPERS: &[&str] = &[
     "$numberDecimal",
 ];
 
+/// The wrappers whose content [`to_text`] takes.
+const TEXT_WRAPPERS: &[&str] = &["$oid", "$date", "$numberLong", "$numberDecimal"];
+
 /// A string: strings as they are, numbers and booleans in their JSON form,
 /// `$oid` and `$date` wrappers by their content.
 pub fn to_text(value: &Value) -> Result<String, Mismatch> {
@@ -69,7 +73,7 @@ pub fn to_text(value: &Value) -> Result<String, Mismatch> {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        other => match wrapper(other, &["$oid", "$date", "$numberLong", "$numberDecimal"]) {
+        other => match wrapper(other, TEXT_WRAPPERS) {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(Value::Number(n)) => Ok(n.to_string()),
             Some(inner @ Value::Object(_)) => to_text(inner),
@@ -156,6 +160,35 @@ pub fn column(ty: ColumnType, value: &Value) -> Result<Value, Mismatch> {
     })
 }
 
+/// [`column()`], borrowing instead of copying where the converted value is
+/// `value` itself or a part of it (`JSONB` and `Any` values, strings and the
+/// strings inside `$oid`/`$date` wrappers for `Text`).
+pub fn column_ref(ty: ColumnType, value: &Value) -> Result<Cow<'_, Value>, Mismatch> {
+    let borrowed = match ty {
+        _ if value.is_null() => Some(value),
+        ColumnType::Jsonb | ColumnType::Any => Some(value),
+        ColumnType::Text => text_ref(value),
+        _ => None,
+    };
+    match borrowed {
+        Some(v) => Ok(Cow::Borrowed(v)),
+        None => column(ty, value).map(Cow::Owned),
+    }
+}
+
+/// The string value that [`to_text`] would copy out of `value`, if any.
+fn text_ref(value: &Value) -> Option<&Value> {
+    match value {
+        Value::String(_) => Some(value),
+        Value::Object(_) => match wrapper(value, TEXT_WRAPPERS)? {
+            inner @ Value::String(_) => Some(inner),
+            inner @ Value::Object(_) => text_ref(inner),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +246,41 @@ mod tests {
     fn mismatch_names_type_and_value() {
         let err = column(ColumnType::Integer, &json!("x1")).unwrap_err();
         assert_eq!(err.to_string(), r#"expected Integer, found "x1""#);
+    }
+
+    #[test]
+    fn column_ref_equals_column() {
+        let values = [
+            json!(null),
+            json!("a"),
+            json!(" 7 "),
+            json!("true"),
+            json!(3),
+            json!(2.5),
+            json!(true),
+            json!([1, "x"]),
+            json!({"$oid": "65f0"}),
+            json!({"$date": {"$numberLong": "17"}}),
+            json!({"$date": {"$numberLong": 17}}),
+            json!({"$numberLong": "9"}),
+            json!({"$numberDouble": "1.5"}),
+            json!({"a": 1}),
+        ];
+        for ty in [
+            ColumnType::Jsonb,
+            ColumnType::Any,
+            ColumnType::Bool,
+            ColumnType::Number,
+            ColumnType::Integer,
+            ColumnType::Text,
+        ] {
+            for value in &values {
+                assert_eq!(
+                    column_ref(ty, value).map(Cow::into_owned),
+                    column(ty, value),
+                    "{ty:?} of {value}"
+                );
+            }
+        }
     }
 }

@@ -83,11 +83,14 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use emcachers_plugin_sdk::json_path::Selector;
 use emcachers_plugin_sdk::{
     CacheWrite, Change, ChangeOp, Column, ColumnType, Error, Index, Map, Plugin, PluginInfo,
-    Result, Row, RowOp, Shaped, TableLayout, Value, coerce, json_path, serde_json,
+    RawChange, RawRow, RawShaped, Result, Row, RowOp, Shaped, TableLayout, Value, coerce,
+    json_path, serde_json,
 };
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// The plugin's name, as entities refer to it.
@@ -167,6 +170,11 @@ struct EntityShape {
     version: String,
     /// `{entity}:{version}:`, the prefix of every cache key.
     key_prefix: String,
+    /// Parses upsert documents down to what the field paths reach.
+    selector: Selector,
+    /// The row's members in the order of its JSON object (`Map`'s: by
+    /// name): `None` for `id`, else the index into `fields`.
+    json_order: Vec<Option<usize>>,
 }
 
 /// The `shape` plugin: declarative, per-entity mapping of documents to typed
@@ -213,6 +221,37 @@ impl Plugin for ShapePlugin {
             ChangeOp::Partial => shape.partial(entity, &change)?,
         };
         Ok(Shaped::row(Row::upsert_map(entity, change.id, data)))
+    }
+
+    /// Upserts, the bulk of the traffic, skip the document DOM and the row
+    /// map: the document is parsed only as far as the field paths reach
+    /// (validated all the same) and the row JSON is written directly, with
+    /// the same text as [`shape`](Plugin::shape) makes. Everything else goes
+    /// the default way.
+    fn shape_raw(&self, entity: &str, change: RawChange) -> Result<RawShaped> {
+        match (&change.op, &change.document, &change.current) {
+            (ChangeOp::Upsert, Some(text), None) if self.is_configured(entity) => {
+                let shape = self.entity(entity)?;
+                let doc = shape.selector.parse(text).map_err(|e| {
+                    // The SDK's message for a document that does not parse.
+                    Error::msg(format!("document {} is not valid JSON: {e}", change.id))
+                })?;
+                if !doc.is_object() {
+                    return Err(not_an_object(entity, &change.id, doc.as_value()));
+                }
+                let (id, values) = shape.upsert_values(entity, &change.id, |path| doc.get(path))?;
+                let data = serde_json::to_string(&RowJson {
+                    shape,
+                    id: &id,
+                    values: &values,
+                })?;
+                Ok(RawShaped::row(RawRow::upsert(entity, change.id, data)))
+            }
+            _ => {
+                let change = change.parse()?;
+                self.shape(entity, change).map(RawShaped::from)
+            }
+        }
     }
 
     /// One write, `{entity}:{version}:{id}` → the row's JSON. Delete rows
@@ -360,12 +399,19 @@ impl EntityShape {
         let layout = TableLayout { columns, indexes };
         let version = version_of(&layout, &fields);
         let key_prefix = format!("{entity}:{version}:");
+        let selector = Selector::new(fields.iter().map(|f| f.path.as_str()));
+        let mut json_order: Vec<Option<usize>> = std::iter::once(None)
+            .chain((0..fields.len()).map(Some))
+            .collect();
+        json_order.sort_by_key(|slot| slot.map_or(ID, |i| fields[i].name.as_str()));
         Ok(EntityShape {
             id_ty,
             fields,
             layout,
             version,
             key_prefix,
+            selector,
+            json_order,
         })
     }
 
@@ -373,31 +419,37 @@ impl EntityShape {
     fn upsert(&self, entity: &str, change: &Change) -> Result<Map<String, Value>> {
         let doc = match &change.document {
             Some(doc @ Value::Object(_)) => doc,
-            Some(other) => {
-                return Err(item_error(
-                    entity,
-                    &change.id,
-                    format_args!("the document is not a JSON object (found {})", kind(other)),
-                ));
-            }
-            None => {
-                return Err(item_error(
-                    entity,
-                    &change.id,
-                    "an upsert change has no document",
-                ));
-            }
+            other => return Err(not_an_object(entity, &change.id, other.as_ref())),
         };
+        let (id, values) =
+            self.upsert_values(entity, &change.id, |path| json_path::get(doc, path))?;
         let mut data = Map::new();
-        data.insert(ID.to_owned(), self.id_value(entity, &change.id)?);
-        for field in &self.fields {
-            let value = match json_path::get(doc, &field.path) {
-                Some(raw) => convert(entity, &change.id, field, raw)?,
-                None => Value::Null,
-            };
-            data.insert(field.name.clone(), value);
+        data.insert(ID.to_owned(), id);
+        for (field, value) in self.fields.iter().zip(values) {
+            data.insert(field.name.clone(), value.into_owned());
         }
         Ok(data)
+    }
+
+    /// The `id` value and the field values (in `fields` order) of a whole
+    /// document, an object that `get` reads by path.
+    fn upsert_values<'d>(
+        &self,
+        entity: &str,
+        id: &str,
+        get: impl Fn(&str) -> Option<&'d Value>,
+    ) -> Result<(Value, Vec<Cow<'d, Value>>)> {
+        let id_value = self.id_value(entity, id)?;
+        let mut values = Vec::with_capacity(self.fields.len());
+        for field in &self.fields {
+            let value = match get(&field.path) {
+                Some(raw) => coerce::column_ref(field.ty, raw)
+                    .map_err(|e| column_error(entity, id, &field.name, e))?,
+                None => Cow::Owned(Value::Null),
+            };
+            values.push(value);
+        }
+        Ok((id_value, values))
     }
 
     /// The row data after a partial change: the current row with the touched
@@ -455,6 +507,39 @@ impl EntityShape {
                 .map_err(|e| column_error(entity, id, ID, e)),
             _ => Ok(Value::String(id.to_owned())),
         }
+    }
+}
+
+/// A row's JSON object, written in [`EntityShape::json_order`] without
+/// building a `Map`.
+struct RowJson<'a> {
+    shape: &'a EntityShape,
+    id: &'a Value,
+    values: &'a [Cow<'a, Value>],
+}
+
+impl Serialize for RowJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.values.len() + 1))?;
+        for slot in &self.shape.json_order {
+            match *slot {
+                None => map.serialize_entry(ID, self.id)?,
+                Some(i) => map.serialize_entry(&self.shape.fields[i].name, &*self.values[i])?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// The error for an upsert whose document is not an object, or missing.
+fn not_an_object(entity: &str, id: &str, document: Option<&Value>) -> Error {
+    match document {
+        Some(other) => item_error(
+            entity,
+            id,
+            format_args!("the document is not a JSON object (found {})", kind(other)),
+        ),
+        None => item_error(entity, id, "an upsert change has no document"),
     }
 }
 

@@ -712,3 +712,61 @@ fn example_files() {
         )]
     );
 }
+
+/// Upserts take the sparse path of `shape_raw`; it gives the same text and
+/// the same errors as parsing the whole change and calling `shape`.
+#[test]
+fn raw_upserts_match_the_parsed_path() {
+    let mut plugin = ShapePlugin::default();
+    plugin.configure("users", users_config()).unwrap();
+    let mut integer_ids = users_config();
+    integer_ids["columns"][1]["type"] = json!("Integer");
+    integer_ids["entity_name"] = json!("numbered");
+    plugin.configure("numbered", integer_ids).unwrap();
+    let mut whole = users_config();
+    whole["columns"][11]["path"] = json!("");
+    whole["entity_name"] = json!("whole");
+    plugin.configure("whole", whole).unwrap();
+
+    let documents = [
+        ada().to_string(),
+        r#"{"email": "a", "email": "b", "stats": {"logins": 3}, "stats.score": "2.5"}"#.into(),
+        r#"{"address.geo.city": "Oslo", "address": {"geo.city": "Bergen"}, "tags": "t"}"#.into(),
+        r#"{"tags": [{"$oid": "x"}], "extra": [1, {"a": null}], "active": "TRUE"}"#.into(),
+        r#"{"e\u006dail": "escaped", "unused": {"deep": [1, 2, {"x": "\n"}]}}"#.into(),
+        r#"{"stats": {"logins": "many"}}"#.into(),
+        r#"{"active": 1}"#.into(),
+        r#"{"unused": 1e400}"#.into(),
+        r#"{"email": "x""#.into(),
+        "[1, 2]".into(),
+        "\"text\"".into(),
+        "{}".into(),
+    ];
+    let mut outcomes = (0, 0);
+    for entity in ["users", "numbered", "whole", "missing"] {
+        for (n, document) in documents.iter().enumerate() {
+            for id in ["17", "u1"] {
+                let raw = RawChange {
+                    source: "mongo".into(),
+                    collection: "users".into(),
+                    op: ChangeOp::Upsert,
+                    id: id.into(),
+                    document: Some(document.clone()),
+                    current: None,
+                };
+                let expected = raw
+                    .clone()
+                    .parse()
+                    .and_then(|change| plugin.shape(entity, change))
+                    .map(RawShaped::from);
+                if expected.is_ok() {
+                    outcomes.0 += 1;
+                } else {
+                    outcomes.1 += 1;
+                }
+                assert_eq!(plugin.shape_raw(entity, raw), expected, "{entity} {n} {id}");
+            }
+        }
+    }
+    assert!(outcomes.0 >= 10 && outcomes.1 >= 10, "{outcomes:?}");
+}
