@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,9 +126,12 @@ impl CacheDbManager {
         layout: &EntityLayout,
         applied_id: i64,
     ) -> Result<Rebuild, CacheDbError> {
+        // Unique per rebuild: two replicators in one process never share a file.
+        static REBUILDS: AtomicU64 = AtomicU64::new(0);
+        let n = REBUILDS.fetch_add(1, Ordering::Relaxed);
         let path = self
             .entity_dir(entity)
-            .join(format!("db.sqlite.rebuild-{}", std::process::id()));
+            .join(format!("db.sqlite.rebuild-{}-{n}", std::process::id()));
         remove_db_files(&path)?;
         let db = EntityDb::create(&path, entity, layout, applied_id)?;
         Ok(Rebuild {

@@ -184,17 +184,25 @@ async fn entities_plugins_rejected_and_stats_over_http() {
             .is_some_and(|e| e.contains(&json!("members")))
     );
 
-    node.replicate_once().await.expect("replicate");
-    let (_, stats) = api.call("GET", "/api/replication/stats", None).await;
+    // The node's own replicator applies the log; poll the stats until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let (_, stats) = api.call("GET", "/api/replication/stats", None).await;
+        let rows = stats["entities"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["entity"] == "users"))
+            .map(|users| users["cache"]["rows"].clone());
+        if rows == Some(json!(1)) || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(stats["backend"], "sqlite");
     assert!(stats["oplog_head"].as_i64().is_some_and(|h| h > 0));
     let users = stats["entities"]
         .as_array()
-        .expect("entities")
-        .iter()
-        .find(|e| e["entity"] == "users")
-        .cloned();
-    assert_eq!(users.expect("users stats")["cache"]["rows"], 1);
+        .and_then(|all| all.iter().find(|e| e["entity"] == "users").cloned());
+    assert_eq!(users.expect("users stats")["cache"]["rows"], 1, "{stats}");
 
     // Delete.
     assert_eq!(
