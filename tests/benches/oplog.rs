@@ -1,38 +1,44 @@
 //! Throughput of the oplog store and of the SQLite cache replicator.
 //!
-//! A plain timing loop (no criterion): every measurement mutates a database
+//! Run: `cargo bench -p emcachers-tests --bench oplog` (about two minutes;
+//! `OPLOG_BENCH=sqlite,postgres,replicator`, any subset, runs only those
+//! sections). It ends with a summary table to copy.
+//!
+//! A plain timing loop, not criterion: every measurement changes a database
 //! that keeps growing, so each run is a fixed amount of work timed once, and
-//! the report is the median over several runs (min and max beside it).
+//! the report is the median over several runs, with min and max, rows per
+//! second and the ratio to the issue's target. Each measurement also reports
+//! how many cores were busy meanwhile, in this process and in everything
+//! else (from `/proc`), so a run disturbed by other work on the machine shows.
 //!
-//! 1. `append`, SQLite and PostgreSQL: batches of 1000 rows of ~1 KB JSON
-//!    (12 fields, strings and numbers) committed with a source position, one
-//!    batch at a time. Two mixes: every row a new id, and half the rows
-//!    updating ids appended earlier (the latest-row table then updates).
-//!    Batches are built before the clock starts. PostgreSQL is a fresh
-//!    cluster started by the bench ([`PostgresServer`]: `fsync=off`,
-//!    `synchronous_commit=on`), one fresh database per mix.
-//! 2. `replicator apply`: an oplog pre-filled with [`REPLICATOR_ROWS`] rows
-//!    of one entity with a published 12-column layout; each run starts from an
-//!    empty entity database (created as `ensure_layout` creates it on an empty
-//!    log, applied id 0) and times `catch_up()`: reading the log, parsing the
-//!    JSON and upserting into the typed table.
-//! 3. `replicator rebuild`: `ensure_layout` with no database, which
-//!    bootstraps from the latest-row table page by page.
+//! 1. **append**, SQLite and PostgreSQL: batches of 1000 rows of ~1 KB JSON
+//!    (12 fields, strings and numbers), each committed with a source position,
+//!    one batch at a time. Two mixes: every row a new id, and every other row
+//!    updating an id appended earlier (the latest-row table then updates
+//!    rows at random places). Batches are built before the clock starts.
+//!    PostgreSQL is a fresh local cluster started by the bench
+//!    ([`PostgresServer`]: `fsync=off`, `synchronous_commit=on`), a fresh
+//!    database per mix; SQLite is a fresh file per mix (WAL,
+//!    `synchronous=NORMAL`, as the store opens it).
+//! 2. **replicator apply**: an oplog pre-filled with [`REPLICATOR_ROWS`] rows
+//!    of one entity whose published layout has 12 typed columns (text,
+//!    integer, number, bool, JSONB); each run starts from a copy of the
+//!    empty entity database `ensure_layout` made before the log was filled,
+//!    and times `catch_up()`: reading the log, decoding the JSON and upserting
+//!    into the typed table, 5000 entries a transaction.
+//! 3. **replicator rebuild**: `ensure_layout` with no database, which
+//!    bootstraps it from the latest-row table page by page.
 //!
-//! A breakdown of the replicator follows (reading the log alone, parsing the
-//! JSON alone, `EntityDb::apply` alone) to show where its time goes.
-//!
-//! Run: `cargo bench -p emcachers-tests --bench oplog` (about two minutes).
-//! `OPLOG_BENCH=sqlite,postgres,replicator` (any subset) runs only those
-//! sections.
+//! After the replicator runs, one more catch-up, written out as the serial
+//! loop `step()` runs, times its phases to show where the time goes.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emcachers::cache::{
-    CacheDbManager, ColumnKind, ColumnSpec, EntityDb, EntityLayout, ReplicatorConfig,
-    SqliteReplicator, TableSpec,
+    CacheDbManager, ColumnKind, ColumnSpec, EntityLayout, ReplicatorConfig, SqliteReplicator,
+    TableSpec,
 };
 use emcachers::oplog::{
     AppendBatch, NewRow, Op, OplogEntry, OplogStore, PostgresStore, SourcePosition, SqliteStore,
@@ -52,7 +58,7 @@ const WARMUP_BATCHES: usize = 20;
 /// Rows in the oplog the replicator applies.
 const REPLICATOR_ROWS: usize = 200_000;
 /// Timed replicator runs (apply and rebuild each).
-const REPLICATOR_RUNS: usize = 3;
+const REPLICATOR_RUNS: usize = 5;
 /// The entity of every row.
 const ENTITY: &str = "items";
 
@@ -102,7 +108,7 @@ fn document(n: usize, revision: u64, rng: &mut Rng) -> String {
         "age": 18 + rng.below(70),
         "score": rng.below(10_000) as f64 / 100.0,
         "balance": (rng.next() % 10_000_000) as f64 / 100.0 - 50_000.0,
-        "active": rng.next() % 2 == 0,
+        "active": rng.next().is_multiple_of(2),
         "status": status,
         "created_at": 1_700_000_000_000_i64 + n as i64 * 1000 + revision as i64,
         "tags": [WORDS[rng.below(16)], WORDS[rng.below(16)], WORDS[rng.below(16)]],
@@ -206,21 +212,98 @@ impl Workload {
     }
 }
 
+/// CPU time so far, in seconds: this process's (all threads) and the whole
+/// machine's (every core, every process), from `/proc`. Zero where `/proc`
+/// is missing.
+fn cpu_seconds() -> (f64, f64) {
+    // USER_HZ, the unit of both files, is 100 on every Linux architecture.
+    const TICK: f64 = 0.01;
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesised command: state is field 3,
+            // utime 14 and stime 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) * TICK)
+        })
+        .unwrap_or_default();
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().next()?;
+            let ticks: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+            let busy: f64 = ticks
+                .iter()
+                .take(8)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .map(|(_, t)| t)
+                .sum();
+            Some(busy * TICK)
+        })
+        .unwrap_or_default();
+    (own, machine)
+}
+
+/// One timed run: wall time and the CPU used meanwhile.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    /// CPU seconds of this process.
+    own_cpu: f64,
+    /// CPU seconds of everything else on the machine.
+    other_cpu: f64,
+}
+
+/// Times one run of work.
+struct Stopwatch {
+    start: Instant,
+    cpu: (f64, f64),
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            cpu: cpu_seconds(),
+            start: Instant::now(),
+        }
+    }
+
+    fn stop(self) -> Sample {
+        let wall = self.start.elapsed();
+        let (own, machine) = cpu_seconds();
+        let own_cpu = own - self.cpu.0;
+        Sample {
+            wall,
+            own_cpu,
+            other_cpu: (machine - self.cpu.1 - own_cpu).max(0.0),
+        }
+    }
+}
+
 /// One measurement: a fixed number of rows per run, timed over several runs.
 struct Measurement {
     name: String,
     rows_per_run: usize,
-    runs: Vec<Duration>,
+    runs: Vec<Sample>,
     target: Option<f64>,
 }
 
 impl Measurement {
+    fn rate(&self, sample: &Sample) -> f64 {
+        self.rows_per_run as f64 / sample.wall.as_secs_f64()
+    }
+
     fn rates(&self) -> Vec<f64> {
-        let mut rates: Vec<f64> = self
-            .runs
-            .iter()
-            .map(|d| self.rows_per_run as f64 / d.as_secs_f64())
-            .collect();
+        let mut rates: Vec<f64> = self.runs.iter().map(|s| self.rate(s)).collect();
         rates.sort_by(f64::total_cmp);
         rates
     }
@@ -235,15 +318,24 @@ impl Measurement {
         }
     }
 
+    /// Average cores busy during the runs: this process, everything else.
+    fn cores(&self) -> (f64, f64) {
+        let wall: f64 = self.runs.iter().map(|s| s.wall.as_secs_f64()).sum();
+        let own: f64 = self.runs.iter().map(|s| s.own_cpu).sum();
+        let other: f64 = self.runs.iter().map(|s| s.other_cpu).sum();
+        (own / wall, other / wall)
+    }
+
     fn print(&self) {
         let rates = self.rates();
         let shown: Vec<String> = self
             .runs
             .iter()
-            .map(|d| format!("{:.0}", self.rows_per_run as f64 / d.as_secs_f64()))
+            .map(|s| format!("{:.0}", self.rate(s)))
             .collect();
+        let (own, other) = self.cores();
         println!(
-            "  {:<40} median {:>9.0} rows/s  (min {:.0}, max {:.0}; runs: {})",
+            "  {:<34} median {:>7.0} rows/s  min {:.0}, max {:.0}; cores busy: bench {own:.2}, other {other:.2}; runs: {}",
             self.name,
             self.median(),
             rates.first().copied().unwrap_or_default(),
@@ -262,12 +354,12 @@ async fn bench_append(store: &dyn OplogStore, name: &str, mix: Mix, target: f64)
     let mut runs = Vec::with_capacity(APPEND_RUNS);
     for _ in 0..APPEND_RUNS {
         let batches: Vec<AppendBatch> = (0..BATCHES_PER_RUN).map(|_| work.batch()).collect();
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         for batch in batches {
             let receipt = store.append(batch).await.expect("append");
             assert_eq!(receipt.appended, BATCH);
         }
-        runs.push(start.elapsed());
+        runs.push(clock.stop());
     }
     let position = store
         .source_position("bench-source")
@@ -287,18 +379,17 @@ async fn bench_append(store: &dyn OplogStore, name: &str, mix: Mix, target: f64)
     m
 }
 
-/// A fresh entity database at `root` with `layout`, applied up to `applied`:
-/// what `ensure_layout` makes when the log is at `applied`.
-fn empty_entity_db(root: &Path, layout: &EntityLayout, applied: i64) -> CacheDbManager {
+/// A cache root holding a copy of the entity database in `template`.
+fn cache_from_template(template: &CacheDbManager, root: &Path) -> CacheDbManager {
     let dbs = CacheDbManager::new(root, Duration::from_secs(3600));
-    EntityDb::create(&dbs.db_path(ENTITY), ENTITY, layout, applied).expect("create entity db");
+    let from = template.entity_dir(ENTITY);
+    let to = dbs.entity_dir(ENTITY);
+    std::fs::create_dir_all(&to).expect("create entity directory");
+    for file in std::fs::read_dir(&from).expect("read template directory") {
+        let file = file.expect("template file");
+        std::fs::copy(file.path(), to.join(file.file_name())).expect("copy template file");
+    }
     dbs
-}
-
-fn time_once<T>(work: impl FnOnce() -> T) -> (T, Duration) {
-    let start = Instant::now();
-    let out = work();
-    (out, start.elapsed())
 }
 
 /// Replicator apply and rebuild throughput, and where the apply time goes.
@@ -311,26 +402,48 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
         .await
         .expect("publish layout");
 
+    let config = ReplicatorConfig::default();
+
+    // The entity database, made by `ensure_layout` while the log is empty:
+    // a table with the layout, applied up to id 0. Every apply run starts
+    // from a copy, so `catch_up` applies the whole log.
+    let template = CacheDbManager::new(dir.join("template"), Duration::from_secs(3600));
+    let replicator = SqliteReplicator::open(store.clone(), template.clone(), config.clone())
+        .await
+        .expect("open replicator");
+    assert!(
+        replicator
+            .ensure_layout(ENTITY, &layout)
+            .await
+            .expect("ensure layout")
+    );
+    drop(replicator);
+    assert_eq!(
+        template
+            .state(ENTITY)
+            .expect("template state")
+            .map(|s| s.applied_id),
+        Some(0)
+    );
+    drop(template);
+    let template = CacheDbManager::new(dir.join("template"), Duration::from_secs(3600));
+
     let mut work = Workload::new(Mix::Distinct);
-    let (_, fill) = {
-        let start = Instant::now();
-        for _ in 0..REPLICATOR_ROWS / BATCH {
-            store.append(work.batch()).await.expect("fill append");
-        }
-        ((), start.elapsed())
-    };
+    let fill = Instant::now();
+    for _ in 0..REPLICATOR_ROWS / BATCH {
+        store.append(work.batch()).await.expect("fill append");
+    }
     let head = store.head().await.expect("head");
     assert_eq!(head, REPLICATOR_ROWS as i64);
     println!(
         "  (oplog pre-filled with {REPLICATOR_ROWS} rows in {:.1} s)",
-        fill.as_secs_f64()
+        fill.elapsed().as_secs_f64()
     );
 
-    let config = ReplicatorConfig::default();
     let mut apply = Vec::new();
     for run in 0..REPLICATOR_RUNS {
         let root = dir.join(format!("apply-{run}"));
-        let dbs = empty_entity_db(&root, &layout, 0);
+        let dbs = cache_from_template(&template, &root);
         let mut replicator = SqliteReplicator::open(store.clone(), dbs, config.clone())
             .await
             .expect("open replicator");
@@ -341,9 +454,9 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
                 .expect("ensure layout"),
             "the entity database exists, nothing to build"
         );
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         let report = replicator.catch_up().await.expect("catch up");
-        apply.push(start.elapsed());
+        apply.push(clock.stop());
         assert_eq!(
             (report.upserted, report.offset),
             (REPLICATOR_ROWS, head),
@@ -357,7 +470,7 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
         std::fs::remove_dir_all(&root).expect("remove run directory");
     }
     let apply = Measurement {
-        name: format!("replicator apply (catch_up, batch {})", config.batch_size),
+        name: "replicator apply (catch_up)".into(),
         rows_per_run: REPLICATOR_ROWS,
         runs: apply,
         target: Some(TARGET_APPLY),
@@ -371,12 +484,12 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
         let replicator = SqliteReplicator::open(store.clone(), dbs, config.clone())
             .await
             .expect("open replicator");
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         let built = replicator
             .ensure_layout(ENTITY, &layout)
             .await
             .expect("bootstrap");
-        rebuild.push(start.elapsed());
+        rebuild.push(clock.stop());
         assert!(built);
         assert_eq!(
             replicator.dbs().row_count(ENTITY).expect("count"),
@@ -386,56 +499,66 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
         std::fs::remove_dir_all(&root).expect("remove run directory");
     }
     let rebuild = Measurement {
-        name: format!("replicator rebuild (page {})", config.rebuild_page),
+        name: "replicator rebuild (bootstrap)".into(),
         rows_per_run: REPLICATOR_ROWS,
         runs: rebuild,
         target: None,
     };
     rebuild.print();
 
-    println!("  breakdown of apply (one run each):");
-    let mut breakdown = Vec::new();
-    // Reading the log alone, as catch_up pages it.
-    let mut entries: Vec<OplogEntry> = Vec::with_capacity(REPLICATOR_ROWS);
-    let start = Instant::now();
+    // Where catch_up's time goes: the same serial loop as `step()` (read a
+    // page, copy its entries out for the blocking task, apply them), each
+    // phase timed.
+    let root = dir.join("apply-breakdown");
+    let dbs = cache_from_template(&template, &root);
+    let (mut read, mut copy, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut offset = 0;
+    let total = Instant::now();
     loop {
-        let after = entries.last().map_or(0, |e| e.id);
+        let start = Instant::now();
         let page = store
-            .read_log(after, config.batch_size)
+            .read_log(offset, config.batch_size)
             .await
             .expect("read log");
-        if page.is_empty() {
+        read += start.elapsed();
+        let Some(last) = page.last().map(|e| e.id) else {
             break;
-        }
-        entries.extend(page);
+        };
+        offset = last;
+        let start = Instant::now();
+        let batch: Vec<OplogEntry> = page.to_vec();
+        copy += start.elapsed();
+        drop(page);
+        let start = Instant::now();
+        let db = dbs.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&OplogEntry> = batch.iter().collect();
+            db.apply(ENTITY, &refs)
+        })
+        .await
+        .expect("apply task")
+        .expect("apply")
+        .expect("db exists");
+        write += start.elapsed();
     }
-    breakdown.push(("read_log pages", start.elapsed()));
-    // Parsing the JSON alone, as row_values does (into a map).
-    let ((), parse) = time_once(|| {
-        for entry in &entries {
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(entry.data.as_deref().unwrap_or("{}")).expect("json");
-            std::hint::black_box(map);
-        }
-    });
-    breakdown.push(("serde_json parse to Map", parse));
-    // EntityDb::apply alone, entries already in memory.
-    let root = dir.join("apply-direct");
-    let dbs = empty_entity_db(&root, &layout, 0);
-    let ((), direct) = time_once(|| {
-        for chunk in entries.chunks(config.batch_size) {
-            let refs: Vec<&OplogEntry> = chunk.iter().collect();
-            dbs.apply(ENTITY, &refs).expect("apply").expect("db exists");
-        }
-    });
-    breakdown.push(("EntityDb::apply (in memory)", direct));
+    let total = total.elapsed();
     drop(dbs);
     std::fs::remove_dir_all(&root).expect("remove run directory");
-    for (name, took) in breakdown {
+    println!(
+        "  breakdown of one serial catch-up ({:.0} ms, {:.0} rows/s):",
+        total.as_secs_f64() * 1000.0,
+        REPLICATOR_ROWS as f64 / total.as_secs_f64()
+    );
+    for (name, took) in [
+        ("read_log (oplog store)", read),
+        ("copy entries (step clones them)", copy),
+        ("EntityDb::apply (decode + upsert)", write),
+    ] {
         println!(
-            "    {name:<30} {:>9.0} rows/s  ({:.0} ms)",
-            REPLICATOR_ROWS as f64 / took.as_secs_f64(),
-            took.as_secs_f64() * 1000.0
+            "    {name:<34} {:>5.0} ms  {:>3.0}%  ({:.0} rows/s alone)",
+            took.as_secs_f64() * 1000.0,
+            100.0 * took.as_secs_f64() / total.as_secs_f64(),
+            REPLICATOR_ROWS as f64 / took.as_secs_f64()
         );
     }
     vec![apply, rebuild]
@@ -524,181 +647,45 @@ fn main() {
 
     println!();
     println!(
-        "summary ({}; total {:.0} s)",
+        "summary: {}; medians of {APPEND_RUNS} append runs of {} rows and of {REPLICATOR_RUNS} replicator runs of {REPLICATOR_ROWS} rows; total {:.0} s",
         machine(),
+        BATCH * BATCHES_PER_RUN,
         started.elapsed().as_secs_f64()
     );
     println!(
-        "| {:<40} | {:>13} | {:>9} | {:>6} |",
-        "benchmark", "median rows/s", "target", "ratio"
+        "| {:<34} | {:>13} | {:>17} | {:>7} | {:>5} | {:>12} |",
+        "benchmark", "median rows/s", "min - max", "target", "ratio", "cores b/o"
     );
-    println!("|{:-<42}|{:->15}|{:->11}|{:->8}|", "", "", "", "");
+    println!(
+        "|{:-<36}|{:->15}|{:->19}|{:->9}|{:->7}|{:->14}|",
+        "", "", "", "", "", ""
+    );
     for m in &all {
         let (target, ratio) = match m.target {
-            Some(t) => (format!("{t:.0}"), format!("{:.2}x", m.median() / t)),
+            Some(t) => (
+                format!("{:.0}k", t / 1000.0),
+                format!("{:.2}", m.median() / t),
+            ),
             None => ("-".into(), "-".into()),
         };
+        let rates = m.rates();
+        let (own, other) = m.cores();
         println!(
-            "| {:<40} | {:>13.0} | {:>9} | {:>6} |",
+            "| {:<34} | {:>13.0} | {:>17} | {:>7} | {:>5} | {:>12} |",
             m.name,
             m.median(),
+            format!(
+                "{:.0} - {:.0}",
+                rates.first().copied().unwrap_or_default(),
+                rates.last().copied().unwrap_or_default()
+            ),
             target,
-            ratio
+            ratio,
+            format!("{own:.2} / {other:.2}")
         );
     }
-}
-
-// ---- TEMPORARY experiments
-#[allow(dead_code, missing_docs, clippy::all)]
-mod exp {
-    use super::*;
-    use rusqlite::types::Value as SqlValue;
-    use rusqlite::{Connection, params_from_iter};
-
-    fn cols() -> Vec<(String, ColumnKind)> {
-        layout()
-            .table
-            .columns
-            .iter()
-            .map(|c| (c.name.clone(), c.kind))
-            .collect()
-    }
-
-    fn sql_value(kind: ColumnKind, value: &serde_json::Value) -> SqlValue {
-        use serde_json::Value;
-        match (kind, value) {
-            (_, Value::Null) => SqlValue::Null,
-            (ColumnKind::Jsonb, v) => SqlValue::Text(v.to_string()),
-            (_, Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
-            (ColumnKind::Number, Value::Number(n)) => {
-                n.as_f64().map(SqlValue::Real).unwrap_or(SqlValue::Null)
-            }
-            (_, Value::Number(n)) => match n.as_i64() {
-                Some(i) => SqlValue::Integer(i),
-                None => n.as_f64().map(SqlValue::Real).unwrap_or(SqlValue::Null),
-            },
-            (_, Value::String(s)) => SqlValue::Text(s.clone()),
-            (_, c) => SqlValue::Text(c.to_string()),
-        }
-    }
-
-    pub fn values(rows: &[(String, String)]) -> Vec<Vec<SqlValue>> {
-        let cols = cols();
-        rows.iter()
-            .map(|(id, data)| {
-                let obj: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(data).unwrap();
-                let mut v = vec![SqlValue::Text(id.clone())];
-                for (n, k) in cols.iter().skip(1) {
-                    v.push(
-                        obj.get(n)
-                            .map(|x| sql_value(*k, x))
-                            .unwrap_or(SqlValue::Null),
-                    );
-                }
-                v
-            })
-            .collect()
-    }
-
-    fn open(path: &Path, pragmas: &str) -> Connection {
-        let conn = Connection::open(path).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        conn.execute_batch(pragmas).unwrap();
-        let defs: Vec<String> = cols()
-            .iter()
-            .map(|(n, k)| {
-                format!(
-                    "\"{n}\" {}{}",
-                    k.sql_type(),
-                    if n == "id" {
-                        " PRIMARY KEY NOT NULL"
-                    } else {
-                        ""
-                    }
-                )
-            })
-            .collect();
-        conn.execute_batch(&format!("CREATE TABLE t ({})", defs.join(", ")))
-            .unwrap();
-        conn
-    }
-
-    fn upsert_sql(rows_per_stmt: usize, conflict: bool) -> String {
-        let cols = cols();
-        let names: Vec<String> = cols.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-        let one = format!("({})", vec!["?"; cols.len()].join(", "));
-        let mut sql = format!(
-            "INSERT INTO t ({}) VALUES {}",
-            names.join(", "),
-            vec![one; rows_per_stmt].join(", ")
-        );
-        if conflict {
-            let up: Vec<String> = names
-                .iter()
-                .skip(1)
-                .map(|n| format!("{n} = excluded.{n}"))
-                .collect();
-            sql.push_str(&format!(
-                " ON CONFLICT (\"id\") DO UPDATE SET {}",
-                up.join(", ")
-            ));
-        }
-        sql
-    }
-
-    pub fn run(
-        dir: &Path,
-        rows: &[(String, String)],
-        name: &str,
-        pragmas: &str,
-        per_stmt: usize,
-        conflict: bool,
-        parse: bool,
-        txn: usize,
-    ) {
-        let pre = if parse { None } else { Some(values(rows)) };
-        let path = dir.join(format!("exp-{name}.sqlite"));
-        let mut conn = open(&path, pragmas);
-        let sql1 = upsert_sql(1, conflict);
-        let sqln = upsert_sql(per_stmt, conflict);
-        let start = Instant::now();
-        for (ci, chunk) in rows.chunks(txn).enumerate() {
-            let owned;
-            let vals: &[Vec<SqlValue>] = match &pre {
-                Some(p) => &p[ci * txn..ci * txn + chunk.len()],
-                None => {
-                    owned = values(chunk);
-                    &owned
-                }
-            };
-            let tx = conn.transaction().unwrap();
-            {
-                let mut s1 = tx.prepare_cached(&sql1).unwrap();
-                let mut sn = tx.prepare_cached(&sqln).unwrap();
-                let mut it = vals.chunks(per_stmt);
-                for group in &mut it {
-                    if group.len() == per_stmt && per_stmt > 1 {
-                        sn.execute(params_from_iter(group.iter().flatten()))
-                            .unwrap();
-                    } else {
-                        for v in group {
-                            s1.execute(params_from_iter(v.iter())).unwrap();
-                        }
-                    }
-                }
-            }
-            tx.commit().unwrap();
-        }
-        let t = start.elapsed();
-        drop(conn);
-        println!(
-            "    {name:<44} {:>9.0} rows/s",
-            rows.len() as f64 / t.as_secs_f64()
-        );
-        for s in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{s}", path.display()));
-        }
-    }
+    println!(
+        "(cores b/o: cores busy on average during the runs, bench process / everything else; \
+         for PostgreSQL \"else\" includes the server)"
+    );
 }

@@ -2,10 +2,15 @@
 //! the entity with the plugin's typed columns and indexes, and a meta table
 //! holding the applied oplog id and the layout version.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::layout::{ColumnKind, EntityLayout, TableSpec};
@@ -62,6 +67,7 @@ pub struct EntityDb {
     entity: String,
     layout: EntityLayout,
     applied_id: i64,
+    columns: Columns,
     upsert_sql: String,
     delete_sql: String,
 }
@@ -90,21 +96,254 @@ fn columns_with_id(table: &TableSpec) -> Vec<(String, ColumnKind)> {
     columns
 }
 
-/// The SQLite value of a JSON value in a column of `kind`.
-fn sql_value(kind: ColumnKind, value: &Value) -> SqlValue {
-    match (kind, value) {
-        (_, Value::Null) => SqlValue::Null,
-        (ColumnKind::Jsonb, v) => SqlValue::Text(v.to_string()),
-        (_, Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
-        (ColumnKind::Number, Value::Number(n)) => {
-            n.as_f64().map(SqlValue::Real).unwrap_or(SqlValue::Null)
+/// One SQLite value of a row, borrowing its text from the row's JSON when
+/// the JSON string holds no escapes.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Cow<'a, str>),
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Cell::Null => ValueRef::Null,
+            Cell::Integer(i) => ValueRef::Integer(*i),
+            Cell::Real(f) => ValueRef::Real(*f),
+            Cell::Text(text) => ValueRef::Text(text.as_bytes()),
+        }))
+    }
+}
+
+/// The columns of a layout, `id` first, and where each name is.
+struct Columns {
+    kinds: Vec<ColumnKind>,
+    /// Column name → position, for every column but `id` (which comes from
+    /// the entry's doc id, not from the row's JSON).
+    by_name: HashMap<String, usize>,
+}
+
+impl Columns {
+    fn new(table: &TableSpec) -> Columns {
+        let columns = columns_with_id(table);
+        let mut by_name = HashMap::with_capacity(columns.len());
+        for (position, (name, _)) in columns.iter().enumerate().skip(1) {
+            by_name.entry(name.clone()).or_insert(position);
         }
-        (_, Value::Number(n)) => match n.as_i64() {
-            Some(i) => SqlValue::Integer(i),
-            None => n.as_f64().map(SqlValue::Real).unwrap_or(SqlValue::Null),
-        },
-        (_, Value::String(s)) => SqlValue::Text(s.clone()),
-        (_, compound) => SqlValue::Text(compound.to_string()),
+        Columns {
+            kinds: columns.iter().map(|(_, kind)| *kind).collect(),
+            by_name,
+        }
+    }
+}
+
+/// Decodes a row's JSON object straight into its cells, in column order:
+/// one pass over the text, no intermediate map, strings borrowed. A column
+/// whose field is absent is `Null`; of duplicate keys the last wins; `id`
+/// comes from the entry's doc id. The cells and the texts rejected are
+/// exactly those of parsing the row into a `serde_json::Map` and converting
+/// each field (fields without a column are still fully validated, as that
+/// parse would).
+struct RowSeed<'c, 'a> {
+    columns: &'c Columns,
+    doc_id: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, 'de> {
+    type Value = Vec<Cell<'de>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_, 'de> {
+    type Value = Vec<Cell<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut cells = vec![Cell::Null; self.columns.kinds.len()];
+        cells[0] = Cell::Text(Cow::Borrowed(self.doc_id));
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match self.columns.by_name.get(key.as_ref()) {
+                Some(&position) => {
+                    cells[position] =
+                        map.next_value_seed(CellSeed(self.columns.kinds[position]))?;
+                }
+                None => {
+                    map.next_value::<Validated>()?;
+                }
+            }
+        }
+        Ok(cells)
+    }
+}
+
+/// An object key, borrowed when it holds no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The cell of one JSON value in a column of a kind: `null` is `Null`; in a
+/// `Jsonb` column anything else is its JSON text; elsewhere booleans are 0 /
+/// 1, numbers are REAL in a `Number` column and INTEGER when integral and in
+/// range otherwise, strings are text, and arrays and objects their JSON text
+/// (as `serde_json::Value` prints them).
+struct CellSeed(ColumnKind);
+
+impl<'de> DeserializeSeed<'de> for CellSeed {
+    type Value = Cell<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.0 == ColumnKind::Jsonb {
+            let value = Value::deserialize(d)?;
+            return Ok(match value {
+                Value::Null => Cell::Null,
+                other => Cell::Text(Cow::Owned(other.to_string())),
+            });
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CellSeed {
+    type Value = Cell<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Cell::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Cell::Integer(i64::from(v)))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(match self.0 {
+            ColumnKind::Number => Cell::Real(v as f64),
+            _ => Cell::Integer(v),
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(match (self.0, i64::try_from(v)) {
+            (ColumnKind::Number, _) | (_, Err(_)) => Cell::Real(v as f64),
+            (_, Ok(i)) => Cell::Integer(i),
+        })
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Cell::Real(v))
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cell::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cell::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cell::Text(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Cell::Text(Cow::Owned(value.to_string())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(Cell::Text(Cow::Owned(value.to_string())))
+    }
+}
+
+/// A JSON value parsed as `serde_json::Value` would parse it (numbers in
+/// range, strings with valid escapes and surrogates) but kept nowhere.
+struct Validated;
+
+impl<'de> Deserialize<'de> for Validated {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Validated)
+    }
+}
+
+impl<'de> Visitor<'de> for Validated {
+    type Value = Validated;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Validated)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Validated)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Validated)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Validated)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Validated)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Validated)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Validated>()?.is_some() {}
+        Ok(Validated)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_key_seed(KeySeed)?.is_some() {
+            map.next_value::<Validated>()?;
+        }
+        Ok(Validated)
     }
 }
 
@@ -276,6 +515,7 @@ impl EntityDb {
             conn,
             path: path.to_owned(),
             entity: entity.to_owned(),
+            columns: Columns::new(&layout.table),
             layout,
             applied_id,
             upsert_sql,
@@ -299,39 +539,32 @@ impl EntityDb {
     }
 
     /// The SQLite values of one row, in column order.
-    fn row_values(
+    fn row_values<'a>(
         &self,
         id: i64,
-        doc_id: &str,
-        data: Option<&str>,
-    ) -> Result<Vec<SqlValue>, CacheDbError> {
-        let bad = |reason: String| CacheDbError::BadRow {
-            path: self.path.clone(),
-            entity: self.entity.clone(),
-            id,
-            reason,
-        };
+        doc_id: &'a str,
+        data: Option<&'a str>,
+    ) -> Result<Vec<Cell<'a>>, CacheDbError> {
         let text = data.unwrap_or("{}");
         if self.layout.table.is_json_document() {
             return Ok(vec![
-                SqlValue::Text(doc_id.to_owned()),
-                SqlValue::Text(text.to_owned()),
+                Cell::Text(Cow::Borrowed(doc_id)),
+                Cell::Text(Cow::Borrowed(text)),
             ]);
         }
-        let object: serde_json::Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let columns = columns_with_id(&self.layout.table);
-        let mut values = Vec::with_capacity(columns.len());
-        values.push(SqlValue::Text(doc_id.to_owned()));
-        for (name, kind) in columns.iter().skip(1) {
-            values.push(
-                object
-                    .get(name)
-                    .map(|v| sql_value(*kind, v))
-                    .unwrap_or(SqlValue::Null),
-            );
+        let mut decoder = serde_json::Deserializer::from_str(text);
+        RowSeed {
+            columns: &self.columns,
+            doc_id,
         }
-        Ok(values)
+        .deserialize(&mut decoder)
+        .and_then(|cells| decoder.end().map(|()| cells))
+        .map_err(|e| CacheDbError::BadRow {
+            path: self.path.clone(),
+            entity: self.entity.clone(),
+            id,
+            reason: e.to_string(),
+        })
     }
 
     /// Apply log entries (in id order) in one transaction, skipping those
