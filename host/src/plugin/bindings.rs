@@ -7,8 +7,8 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub use emcachers::plugin::host::Level;
-pub use emcachers::plugin::types::{
+pub use self::emcachers::plugin::host::Level;
+pub use self::emcachers::plugin::types::{
     Binding, CacheWrite, Change, ChangeOp, Column, ColumnType, Index, PluginInfo, Row, RowOp,
     Shaped, TableLayout,
 };
