@@ -72,6 +72,27 @@ pub(crate) fn non_empty_str(value: Option<&Value>) -> Option<&str> {
     }
 }
 
+/// `map[key]` must satisfy `fits`; when missing, or `null` and `null` does
+/// not fit, it becomes `default`. Otherwise it is an error expecting `what`.
+fn scalar(
+    map: &mut Map<String, Value>,
+    key: &str,
+    ctx: Ctx<'_>,
+    prefix: &str,
+    fits: fn(&Value) -> bool,
+    default: fn() -> Value,
+    what: &str,
+) -> Result<(), Error> {
+    match map.get(key) {
+        Some(value) if fits(value) => Ok(()),
+        None | Some(Value::Null) => {
+            map.insert(key.to_owned(), default());
+            Ok(())
+        }
+        Some(other) => Err(ctx.field_err(&path(prefix, key), expected(what, other))),
+    }
+}
+
 /// `map[key]` must be a string; missing or `null` becomes `""`.
 pub(crate) fn string_or_empty(
     map: &mut Map<String, Value>,
@@ -79,14 +100,15 @@ pub(crate) fn string_or_empty(
     ctx: Ctx<'_>,
     prefix: &str,
 ) -> Result<(), Error> {
-    match map.get(key) {
-        Some(Value::String(_)) => Ok(()),
-        None | Some(Value::Null) => {
-            map.insert(key.to_owned(), Value::String(String::new()));
-            Ok(())
-        }
-        Some(other) => Err(ctx.field_err(&path(prefix, key), expected("a string", other))),
-    }
+    scalar(
+        map,
+        key,
+        ctx,
+        prefix,
+        Value::is_string,
+        || Value::String(String::new()),
+        "a string",
+    )
 }
 
 /// `map[key]` must be a string or `null`; missing becomes `null`.
@@ -96,14 +118,15 @@ pub(crate) fn string_or_null(
     ctx: Ctx<'_>,
     prefix: &str,
 ) -> Result<(), Error> {
-    match map.get(key) {
-        Some(Value::String(_) | Value::Null) => Ok(()),
-        None => {
-            map.insert(key.to_owned(), Value::Null);
-            Ok(())
-        }
-        Some(other) => Err(ctx.field_err(&path(prefix, key), expected("a string or null", other))),
-    }
+    scalar(
+        map,
+        key,
+        ctx,
+        prefix,
+        |v| v.is_string() || v.is_null(),
+        || Value::Null,
+        "a string or null",
+    )
 }
 
 /// `map[key]` must be an object or `null`; missing becomes `null`.
@@ -113,14 +136,15 @@ pub(crate) fn object_or_null(
     ctx: Ctx<'_>,
     prefix: &str,
 ) -> Result<(), Error> {
-    match map.get(key) {
-        Some(Value::Object(_) | Value::Null) => Ok(()),
-        None => {
-            map.insert(key.to_owned(), Value::Null);
-            Ok(())
-        }
-        Some(other) => Err(ctx.field_err(&path(prefix, key), expected("an object or null", other))),
-    }
+    scalar(
+        map,
+        key,
+        ctx,
+        prefix,
+        |v| v.is_object() || v.is_null(),
+        || Value::Null,
+        "an object or null",
+    )
 }
 
 /// `map[key]` must be a boolean; missing or `null` becomes `false`.
@@ -130,14 +154,15 @@ pub(crate) fn bool_or_false(
     ctx: Ctx<'_>,
     prefix: &str,
 ) -> Result<(), Error> {
-    match map.get(key) {
-        Some(Value::Bool(_)) => Ok(()),
-        None | Some(Value::Null) => {
-            map.insert(key.to_owned(), Value::Bool(false));
-            Ok(())
-        }
-        Some(other) => Err(ctx.field_err(&path(prefix, key), expected("true or false", other))),
-    }
+    scalar(
+        map,
+        key,
+        ctx,
+        prefix,
+        Value::is_boolean,
+        || Value::Bool(false),
+        "true or false",
+    )
 }
 
 /// The list at `map[key]`: missing or `null` becomes `[]`, `null` elements
