@@ -2,6 +2,7 @@
 //! WebAssembly components. See `ARCHITECTURE.md` for the map.
 //!
 //! - [`api`] — the REST API (axum).
+//! - [`breaker`] — a circuit breaker for calls to external services.
 //! - [`plugin`] — the WebAssembly plugin runtime and registry.
 //! - [`sources`] — where changes come from.
 //! - [`ingest`] — the pipeline from source batches through plugins into the oplog.
@@ -14,6 +15,7 @@
 //! - [`telemetry`] — logging.
 
 pub mod api;
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod entities;
