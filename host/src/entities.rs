@@ -45,7 +45,7 @@ pub struct EntitySpec {
     pub name: String,
     /// The source its changes come from.
     pub source: String,
-    /// The collection within the source.
+    /// The collection within the source: one name, `*`, or a comma-separated list.
     pub collection: String,
     /// The plugin that shapes it.
     pub plugin: String,
@@ -148,7 +148,7 @@ impl EntityManager {
             .filter(|e| e.status != EntityStatus::Deleting)
             .filter(|e| {
                 (e.source == source || e.source == "*")
-                    && (e.collection == collection || e.collection == "*")
+                    && collection_matches(&e.collection, collection)
             })
             .cloned()
             .collect();
@@ -369,5 +369,39 @@ impl EntityManager {
             report.removed += 1;
         }
         Ok(report)
+    }
+}
+
+/// Whether an entity's `collection` field matches `collection`: the field is
+/// one collection, `*` (any), or a comma-separated list of them (an entity
+/// fed by several collections, e.g. `rulesengine.Company,rest.Company`).
+pub fn collection_matches(field: &str, collection: &str) -> bool {
+    field
+        .split(',')
+        .map(str::trim)
+        .any(|c| c == "*" || c == collection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collection_matches;
+
+    #[test]
+    fn collections_match_by_name_list_or_wildcard() {
+        assert!(collection_matches("users", "users"));
+        assert!(!collection_matches("users", "user"));
+        assert!(collection_matches("*", "anything"));
+        assert!(collection_matches(
+            "rulesengine.Company, rest.Company",
+            "rest.Company"
+        ));
+        assert!(collection_matches(
+            "rulesengine.Company,rest.Company",
+            "rulesengine.Company"
+        ));
+        assert!(!collection_matches(
+            "rulesengine.Company,rest.Company",
+            "rest.User"
+        ));
     }
 }

@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod entities;
+pub mod health;
 pub mod ingest;
 pub mod jobs;
 pub mod node;

@@ -5,16 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api;
+use crate::cache::redis::{MemoryTarget, RedisWriter, RedisWriterError};
 use crate::cache::{
     CacheDbManager, ReplicatorConfig, ReplicatorError, SqliteReplicator, StepReport,
 };
 use crate::config::{Config, SourceConfig};
 use crate::entities::{EntityError, EntityManager, EntitySpec};
+use crate::health::{CacheWriterProbe, HealthState};
 use crate::ingest::{IngestReport, Pipeline, PipelineError, run_source};
 use crate::jobs::JobServer;
 use crate::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore, StoreError};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginWatcher, WatchError};
 use crate::sources::Source;
+use crate::sources::datastream::{DatastreamError, DatastreamSource, DatastreamStatus};
 use crate::sources::jsonl::JsonlFileSource;
 
 /// Why the node could not start or a step failed.
@@ -65,6 +68,24 @@ pub enum NodeError {
     /// A blocking task failed.
     #[error("worker failed: {0}")]
     Worker(String),
+    /// The Redis writer is misconfigured.
+    #[error(transparent)]
+    RedisWriter(#[from] RedisWriterError),
+    /// A datastream source is misconfigured.
+    #[error(transparent)]
+    Datastream(#[from] DatastreamError),
+    /// A plugin the configuration relies on is not in the plugin directory.
+    #[error("plugin {plugin} (needed by entity {entity}) is not in {dir}: {hint}")]
+    MissingPlugin {
+        /// The plugin.
+        plugin: String,
+        /// The entity.
+        entity: String,
+        /// The plugin directory.
+        dir: std::path::PathBuf,
+        /// How to get it.
+        hint: &'static str,
+    },
 }
 
 /// The wired parts of one process.
@@ -83,8 +104,13 @@ pub struct Node {
     pub dbs: CacheDbManager,
     /// Background jobs.
     pub jobs: JobServer,
+    /// The status of each datastream source of the configuration, by source name.
+    pub datastreams: Vec<(String, Arc<DatastreamStatus>)>,
     watcher: Option<PluginWatcher>,
     api_addr: Option<std::net::SocketAddr>,
+    health_addr: Option<std::net::SocketAddr>,
+    writer: Option<Arc<dyn CacheWriterProbe>>,
+    memory: Option<Arc<MemoryTarget>>,
 }
 
 fn create_dir(path: &std::path::Path) -> Result<(), NodeError> {
@@ -160,6 +186,29 @@ impl Node {
                     source,
                 })?;
         }
+        if crate::config::schematic_env::active()
+            || config
+                .sources
+                .iter()
+                .any(|s| matches!(s, SourceConfig::Schematic(_)))
+        {
+            for entity in &config.entities {
+                if entity.plugin == "schematic" && registry.plugin("schematic").is_none() {
+                    return Err(NodeError::MissingPlugin {
+                        plugin: entity.plugin.clone(),
+                        entity: entity.name.clone(),
+                        dir: config.plugins.dir.clone(),
+                        hint: "build it with `bash tests/build-plugins.sh` and copy target/wasm32-wasip2/plugin/emcachers_plugin_schematic.wasm there (the Docker image ships it)",
+                    });
+                }
+            }
+        }
+        let datastreams = config
+            .sources
+            .iter()
+            .filter(|s| matches!(s, SourceConfig::Schematic(_)))
+            .map(|s| (s.name().to_owned(), Arc::new(DatastreamStatus::default())))
+            .collect();
         let pipeline = Arc::new(Pipeline::new(store.clone(), entities.clone()));
         Ok(Node {
             config,
@@ -169,8 +218,12 @@ impl Node {
             pipeline,
             dbs,
             jobs: JobServer::new(),
+            datastreams,
             watcher: None,
             api_addr: None,
+            health_addr: None,
+            writer: None,
+            memory: None,
         })
     }
 
@@ -198,17 +251,26 @@ impl Node {
     }
 
     /// The sources of the configuration.
-    pub fn configured_sources(&self) -> Vec<Box<dyn Source>> {
+    pub fn configured_sources(&self) -> Result<Vec<Box<dyn Source>>, NodeError> {
         let batch = self.config.oplog.batch_size.unwrap_or(1000);
         self.config
             .sources
             .iter()
-            .map(|source| -> Box<dyn Source> {
-                match source {
-                    SourceConfig::Jsonl { name, path } => {
-                        Box::new(JsonlFileSource::new(name, path, batch))
+            .map(|source| -> Result<Box<dyn Source>, NodeError> {
+                Ok(match source {
+                    SourceConfig::Jsonl(config) => {
+                        Box::new(JsonlFileSource::new(&config.name, &config.path, batch))
                     }
-                }
+                    SourceConfig::Schematic(config) => {
+                        let status = self
+                            .datastreams
+                            .iter()
+                            .find(|(name, _)| name == &config.name)
+                            .map(|(_, status)| status.clone())
+                            .unwrap_or_default();
+                        Box::new(DatastreamSource::new(config.clone(), status)?)
+                    }
+                })
             })
             .collect()
     }
@@ -229,6 +291,37 @@ impl Node {
     /// The address the REST API listens on, once started.
     pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
         self.api_addr
+    }
+
+    /// The address the health endpoints listen on, once started.
+    pub fn health_addr(&self) -> Option<std::net::SocketAddr> {
+        self.health_addr
+    }
+
+    /// What the health endpoints read.
+    pub fn health_state(&self) -> HealthState {
+        HealthState {
+            datastreams: self.datastreams.iter().map(|(_, s)| s.clone()).collect(),
+            writer: self.writer.clone(),
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            version_entity: self
+                .config
+                .entities
+                .first()
+                .map(|e| e.name.clone())
+                .unwrap_or_else(|| "flags".into()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: addr.to_owned(),
+                source,
+            })
     }
 
     /// Start everything that runs in the background: the REST API, the
@@ -263,7 +356,7 @@ impl Node {
                 &self.config.plugins.dir,
             )?);
         }
-        for source in self.configured_sources() {
+        for source in self.configured_sources()? {
             let (pipeline, store) = (self.pipeline.clone(), self.store.clone());
             let capacity = self.config.oplog.queue_batches.unwrap_or(4);
             self.jobs.spawn("source", move |cancel| async move {
@@ -272,6 +365,18 @@ impl Node {
                     Ok(report) => tracing::info!(source = %name, batches = report.batches, changes = report.changes,
                         appended = report.appended, rejected = report.rejected, unrouted = report.unrouted, "source finished"),
                     Err(error) => tracing::error!(source = %name, %error, "source stopped"),
+                }
+            });
+        }
+        self.start_writers().await?;
+        if self.config.health.enabled {
+            let listener = Self::bind(&self.config.health.listen).await?;
+            self.health_addr = listener.local_addr().ok();
+            let router = crate::health::router(self.health_state());
+            tracing::info!(addr = ?self.health_addr, "health endpoints listening");
+            self.jobs.spawn("health", move |cancel| async move {
+                if let Err(error) = crate::health::serve(listener, router, cancel).await {
+                    tracing::error!(%error, "health endpoints stopped");
                 }
             });
         }
@@ -305,6 +410,25 @@ impl Node {
             },
         );
         Ok(())
+    }
+
+    /// Start the cache writers other than the SQLite replicator: the Redis
+    /// writer (or its in-memory target) when `[redis]` is configured.
+    async fn start_writers(&mut self) -> Result<(), NodeError> {
+        let Some(config) = self.config.redis.clone() else {
+            return Ok(());
+        };
+        let writer = RedisWriter::open(self.store.clone(), self.registry.clone(), config).await?;
+        self.writer = Some(writer.status() as Arc<dyn CacheWriterProbe>);
+        self.memory = writer.memory();
+        self.jobs
+            .spawn("redis-writer", move |cancel| writer.run(cancel));
+        Ok(())
+    }
+
+    /// The in-memory key cache, when the Redis writer targets memory.
+    pub fn memory_cache(&self) -> Option<Arc<MemoryTarget>> {
+        self.memory.clone()
     }
 
     /// Stop background work (waiting at most `grace`).

@@ -1,6 +1,10 @@
 //! Configuration: a TOML file, overridden by `EMCACHERS_*` environment
 //! variables (`EMCACHERS_PLUGINS__DIR=/x` sets `plugins.dir`).
 //!
+//! Without a file, when `SCHEMATIC_API_KEY` is set, the environment
+//! variables of Schematic's Go replicator make the configuration
+//! ([`schematic_env`]): emcachers then runs as a drop-in replacement.
+//!
 //! Loading goes through figment, so an error names the offending key and
 //! where its value came from. Relative paths in a configuration file are
 //! relative to the file's directory; without a file, to the working directory.
@@ -12,7 +16,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::redis::RedisWriterConfig;
 use crate::plugin::{SandboxConfig, WasiGrants};
+use crate::sources::datastream::DatastreamConfig;
+
+pub mod schematic_env;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +73,10 @@ pub struct Config {
     pub entities: Vec<EntityConfig>,
     /// Sources read by `emcachers run`.
     pub sources: Vec<SourceConfig>,
+    /// The health endpoints (`/health`, `/ready`, `/debug`, `/metrics`).
+    pub health: HealthConfig,
+    /// The Redis cache writer; off when absent.
+    pub redis: Option<RedisWriterConfig>,
 }
 
 impl Default for Config {
@@ -79,6 +91,8 @@ impl Default for Config {
             api: ApiConfig::default(),
             entities: Vec::new(),
             sources: Vec::new(),
+            health: HealthConfig::default(),
+            redis: None,
         }
     }
 }
@@ -227,17 +241,53 @@ impl Default for ApiConfig {
     }
 }
 
-/// A source read by `emcachers run`.
+/// The health endpoints, on their own port (Schematic's `HEALTH_PORT`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Whether `emcachers run` serves them.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: false,
+            listen: "0.0.0.0:8090".into(),
+        }
+    }
+}
+
+/// A source read by `emcachers run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// A JSON-lines file, read once; its position survives restarts.
-    Jsonl {
-        /// The source name (entities refer to it).
-        name: String,
-        /// The file; relative to the configuration file.
-        path: PathBuf,
-    },
+    Jsonl(JsonlSourceConfig),
+    /// Schematic's datastream with its REST initial load.
+    Schematic(DatastreamConfig),
+}
+
+/// A JSON-lines file source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSourceConfig {
+    /// The source name (entities refer to it).
+    pub name: String,
+    /// The file; relative to the configuration file.
+    pub path: PathBuf,
+}
+
+impl SourceConfig {
+    /// The source name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Jsonl(config) => &config.name,
+            SourceConfig::Schematic(config) => &config.name,
+        }
+    }
 }
 
 /// An entity declared in the configuration file.
@@ -274,7 +324,11 @@ fn empty_object() -> serde_json::Value {
 impl Config {
     /// Load `path` (when given; it must exist) and the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let defaults = match path {
+            None if schematic_env::active() => schematic_env::config_from_env()?,
+            _ => Config::default(),
+        };
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         if let Some(path) = path {
             if !path.exists() {
                 return Err(ConfigError::Missing(path.to_owned()));
@@ -310,7 +364,8 @@ impl Config {
         self.cache.dir.iter_mut().for_each(resolve);
         for source in &mut self.sources {
             match source {
-                SourceConfig::Jsonl { path, .. } => resolve(path),
+                SourceConfig::Jsonl(config) => resolve(&mut config.path),
+                SourceConfig::Schematic(_) => {}
             }
         }
     }
@@ -359,6 +414,23 @@ impl Config {
                 key: "plugins.memory_limit_mib",
                 reason: "must be at least 1".into(),
             });
+        }
+        let mut names = std::collections::HashSet::new();
+        for source in &self.sources {
+            if !names.insert(source.name()) {
+                return Err(ConfigError::Value {
+                    key: "sources.name",
+                    reason: format!("source {} is declared twice", source.name()),
+                });
+            }
+            if let SourceConfig::Schematic(config) = source
+                && config.api_key.trim().is_empty()
+            {
+                return Err(ConfigError::Value {
+                    key: "sources.api_key",
+                    reason: format!("source {} needs an API key", config.name),
+                });
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for entity in &self.entities {
@@ -414,6 +486,49 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schematic_sources_and_redis_parse_from_toml() {
+        let config = Config::from_toml(
+            r#"
+[[sources]]
+kind = "schematic"
+api_key = "k"
+api_url = "http://127.0.0.1:1"
+[sources.load]
+page_size = 10
+
+[redis]
+addr = "127.0.0.1:6399"
+ttl_secs = 60
+
+[health]
+enabled = true
+listen = "127.0.0.1:0"
+"#,
+        )
+        .unwrap();
+        let SourceConfig::Schematic(source) = &config.sources[0] else {
+            panic!("not a schematic source")
+        };
+        assert_eq!(
+            (source.name.as_str(), source.api_key.as_str()),
+            ("schematic", "k")
+        );
+        assert_eq!(source.load.page_size, 10);
+        assert_eq!(source.load.max_concurrent, 5);
+        assert_eq!(config.redis.as_ref().map(|r| r.ttl_secs), Some(60));
+        assert!(config.health.enabled);
+
+        let err = Config::from_toml("[[sources]]\nkind = \"schematic\"\napi_kye = \"k\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_kye"), "{err}");
+        let err = Config::from_toml("[[sources]]\nkind = \"schematic\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_key"), "{err}");
+    }
 
     #[test]
     fn defaults_without_file() {
@@ -477,10 +592,10 @@ mod tests {
         );
         assert_eq!(
             config.sources[0],
-            SourceConfig::Jsonl {
+            SourceConfig::Jsonl(JsonlSourceConfig {
                 name: "s".into(),
                 path: dir.path().join("in.jsonl")
-            }
+            })
         );
     }
 

@@ -214,7 +214,7 @@ impl super::Source for JsonlFileSource {
                     source: self.name.clone(),
                     changes: std::mem::take(&mut changes),
                     position: Some(number.to_string()),
-                    snapshot: false,
+                    ..super::SourceBatch::default()
                 };
                 out.send(batch)
                     .await
@@ -226,7 +226,7 @@ impl super::Source for JsonlFileSource {
                 source: self.name.clone(),
                 changes,
                 position: Some(number.to_string()),
-                snapshot: false,
+                ..super::SourceBatch::default()
             };
             out.send(batch)
                 .await

@@ -4,8 +4,17 @@
 //! backlog.
 //!
 //! - [`jsonl`]: JSON-lines files, one change per line (CLI, backfills, demos).
+//! - [`datastream`]: Schematic's datastream (WebSocket) with its REST
+//!   initial load.
+//!
+//! A source that loads a snapshot brackets it with [`LoadControl`]: between
+//! `Begin` and `End` the stream rows of the loaded entities are staged, so a
+//! snapshot row read before a change can never overwrite it.
 
+pub mod datastream;
 pub mod jsonl;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -14,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::plugin::Change;
 
 /// A batch of changes from one source.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceBatch {
     /// The source name.
     pub source: String,
@@ -24,6 +33,57 @@ pub struct SourceBatch {
     pub position: Option<String>,
     /// Whether these changes are an initial load (see `oplog::AppendBatch::snapshot`).
     pub snapshot: bool,
+    /// Start or end of an initial load, applied around this batch's changes
+    /// (`Begin` before them, `End` after them).
+    pub load: Option<LoadControl>,
+    /// Told the oplog head once this batch is committed.
+    pub committed: Option<CommitSignal>,
+}
+
+/// The brackets of an initial load, by the collections it reads. The
+/// pipeline resolves them to the entities those collections feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadControl {
+    /// A load begins: the entities stage their stream rows from now on, and
+    /// the oplog head is remembered as the load's start.
+    Begin {
+        /// The collections being loaded.
+        collections: Vec<String>,
+    },
+    /// The load ended. When `complete` (every page arrived and nothing was
+    /// missed), the live rows the load did not write since its start are
+    /// deleted; otherwise nothing is evicted. Either way the staged rows
+    /// move into the log and the entities become ready.
+    End {
+        /// The collections that were loaded.
+        collections: Vec<String>,
+        /// Whether the load read everything.
+        complete: bool,
+    },
+}
+
+/// A one-shot signal carrying the oplog head after a batch was committed.
+/// Cloning shares the signal (a retried batch signals once).
+#[derive(Debug, Clone)]
+pub struct CommitSignal(Arc<tokio::sync::watch::Sender<Option<i64>>>);
+
+impl CommitSignal {
+    /// A signal and the receiver that sees the head once it fires.
+    pub fn new() -> (CommitSignal, tokio::sync::watch::Receiver<Option<i64>>) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (CommitSignal(Arc::new(tx)), rx)
+    }
+
+    /// Fire with the oplog head after the commit.
+    pub fn fire(&self, head: i64) {
+        self.0.send_replace(Some(head));
+    }
+}
+
+impl PartialEq for CommitSignal {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Why a source stopped.
