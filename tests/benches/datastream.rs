@@ -1,0 +1,2 @@
+//! Datastream benchmark (placeholder until written): see the closing note.
+fn main() {}
