@@ -33,6 +33,8 @@ pub struct Plugins {
     pub hostile: PathBuf,
     /// `tests/plugins/hostile` with feature `v2`, version 2.0.0.
     pub hostile_v2: PathBuf,
+    /// `plugins/schematic`.
+    pub schematic: PathBuf,
 }
 
 fn cargo_build_wasm(packages: &[&str], features: &[&str]) {
@@ -82,6 +84,7 @@ pub fn plugins() -> &'static Plugins {
         cargo_build_wasm(
             &[
                 "emcachers-plugin-shape",
+                "emcachers-plugin-schematic",
                 "emcachers-plugin-template",
                 "emcachers-test-plugin-hostile",
             ],
@@ -92,6 +95,7 @@ pub fn plugins() -> &'static Plugins {
             template: copy("emcachers_plugin_template.wasm", "template.wasm"),
             hostile: copy("emcachers_test_plugin_hostile.wasm", "hostile.wasm"),
             hostile_v2,
+            schematic: copy("emcachers_plugin_schematic.wasm", "schematic.wasm"),
         }
     })
 }

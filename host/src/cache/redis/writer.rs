@@ -1,0 +1,1195 @@
+//! The Redis writer: tails the oplog from the offset it keeps in Redis and
+//! applies each batch of rows as the cache writes the entity's plugin
+//! derives (`keys`), in one pipeline per batch.
+//!
+//! - **Offset.** `{state_prefix}offset` is the last applied log id, written
+//!   in the same pipeline as the data (after it). Applying a batch twice
+//!   changes nothing. A missing offset (fresh or flushed Redis) starts a
+//!   **bootstrap**: read the log head, write every live row of every
+//!   in-scope entity from the latest-row table, then set the offset to that
+//!   head and tail from there.
+//! - **Remembered keys** (module `remembered`): a row's new keys
+//!   replace the keys of the same version it had; a delete removes every
+//!   key the row had.
+//! - **Versions.** `{state_prefix}version:{entity}` is the plugin's
+//!   `version(entity)` the cache was built with. When the plugin says
+//!   otherwise (a reload, a new configuration), the entity is rebuilt from
+//!   its latest rows under the new keys; the old version's keys keep serving
+//!   until the stale-version cleanup removes them.
+//! - **Failures.** Every Redis failure counts for the circuit breaker; once
+//!   it opens the writer waits, keeping its offset: the oplog holds the
+//!   backlog, and the failed batch is retried from the same offset. Nothing
+//!   is dropped. A row whose `keys` fails, or whose entity has no plugin, is
+//!   logged, counted and skipped.
+//! - **Lock.** With the writer lock on, nothing is written unless this
+//!   writer holds it; after each (re)acquisition the writer re-reads its
+//!   state from Redis.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cleanup::{CleanupReport, cleanup};
+use super::config::RedisWriterConfig;
+use super::error::RedisWriterError;
+use super::lock::WriterLock;
+use super::memory::MemoryTarget;
+use super::remembered::{Plan, Remembered, RememberedCache};
+use super::status::{LockState, RedisWriterStatus};
+use super::target::{Command, Reply, Target};
+use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::oplog::{Op, OplogEntry, OplogStore};
+use crate::plugin::{CacheWrite, ItemError, LoadedPlugin, PluginError, PluginRegistry, Row, RowOp};
+
+/// How often an idle writer re-reads its offset from Redis (to notice a
+/// flushed or restarted Redis).
+const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often an idle writer asks the plugins for their entity versions.
+const VERSION_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a caught-up writer reads the log head and mirrors the replay
+/// cursor.
+const CURSOR_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the list of in-scope entities is re-read.
+const CANDIDATES_EVERY: Duration = Duration::from_secs(1);
+/// Remembered-keys entries cached in memory at most.
+const REMEMBERED_CACHE_MAX: usize = 200_000;
+/// Retry delays after a failed step (before the breaker opens).
+const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Why a step wrote nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Another owner holds the writer lock.
+    Lock,
+    /// The circuit breaker is open.
+    Breaker {
+        /// How long until it lets a trial call through.
+        retry_in: Duration,
+    },
+}
+
+/// Counters of one step (or of a [`RedisWriter::catch_up`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    /// Log entries read.
+    pub read: usize,
+    /// Upsert rows applied.
+    pub upserted: usize,
+    /// Delete rows applied.
+    pub deleted: usize,
+    /// Rows skipped: item errors of `keys`, or no plugin loaded.
+    pub skipped: usize,
+    /// Entries of entities out of scope (only the offset moved past them).
+    pub ignored: usize,
+    /// Entity keys set.
+    pub keys_written: u64,
+    /// Entity keys deleted.
+    pub keys_deleted: u64,
+    /// Entities rebuilt after a version change.
+    pub rebuilt: usize,
+    /// Whether the cache was bootstrapped from the latest rows.
+    pub bootstrapped: bool,
+    /// The offset after the step.
+    pub offset: i64,
+    /// Set when the step could not write.
+    pub waiting: Option<Waiting>,
+}
+
+impl StepReport {
+    fn add(&mut self, other: &StepReport) {
+        self.read += other.read;
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.skipped += other.skipped;
+        self.ignored += other.ignored;
+        self.keys_written += other.keys_written;
+        self.keys_deleted += other.keys_deleted;
+        self.rebuilt += other.rebuilt;
+        self.bootstrapped |= other.bootstrapped;
+        self.offset = other.offset;
+        self.waiting = other.waiting;
+    }
+}
+
+/// Whether an entity's rows are written, and by which plugin.
+enum Scope {
+    /// Not written (another cache's entity).
+    Out,
+    /// Should be written, but no plugin serves it now.
+    Missing,
+    /// Written with this plugin.
+    In(Arc<LoadedPlugin>),
+}
+
+/// One row to apply.
+struct Item {
+    entity: String,
+    doc_id: String,
+    op: Op,
+    data: Option<String>,
+}
+
+fn due(last: Option<Instant>, every: Duration) -> bool {
+    last.is_none_or(|at| at.elapsed() >= every)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RedisWriterError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RedisWriterError::Worker(e.to_string()))
+}
+
+/// The answer of `keys` for one row.
+type KeysResult = Result<Vec<CacheWrite>, ItemError>;
+
+type Versions = Vec<(String, Arc<LoadedPlugin>, Result<String, PluginError>)>;
+
+/// Ask each plugin for its entity's version, on a blocking thread.
+async fn versions_of(
+    scoped: Vec<(String, Arc<LoadedPlugin>)>,
+) -> Result<Versions, RedisWriterError> {
+    if scoped.is_empty() {
+        return Ok(Vec::new());
+    }
+    blocking(move || {
+        scoped
+            .into_iter()
+            .map(|(entity, plugin)| {
+                let version = plugin.entity_version(&entity);
+                (entity, plugin, version)
+            })
+            .collect()
+    })
+    .await
+}
+
+/// The Redis cache writer. See the module documentation.
+pub struct RedisWriter {
+    store: Arc<dyn OplogStore>,
+    registry: Arc<PluginRegistry>,
+    config: RedisWriterConfig,
+    target: Arc<Target>,
+    breaker: Arc<CircuitBreaker>,
+    status: Arc<RedisWriterStatus>,
+    lock: Option<Arc<WriterLock>>,
+    lock_epoch: u64,
+    offset: i64,
+    /// The offset and stored versions were read from Redis since the last
+    /// failure or lock acquisition.
+    synced: bool,
+    /// Versions stored in Redis (`None`: known to be missing).
+    stored: HashMap<String, Option<String>>,
+    /// Versions the plugins gave at the last check.
+    current: HashMap<String, String>,
+    remembered: RememberedCache,
+    candidates: Vec<String>,
+    candidates_at: Option<Instant>,
+    last_state_check: Option<Instant>,
+    last_version_check: Option<Instant>,
+    last_cursor_check: Option<Instant>,
+    cursor_written: Option<String>,
+    /// The offset at the last cursor check: caught up at a new offset
+    /// checks again at once.
+    cursor_checked_at: i64,
+    /// A Redis call succeeded during the current step.
+    talked: bool,
+}
+
+impl std::fmt::Debug for RedisWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisWriter")
+            .field("target", &self.target.kind())
+            .field("offset", &self.offset)
+            .field("synced", &self.synced)
+            .finish()
+    }
+}
+
+impl RedisWriter {
+    /// A writer from `store` into the target `config` names, deriving keys
+    /// with the plugins of `registry`. Nothing is connected yet: the first
+    /// step connects (so a writer can start while Redis is down), reads the
+    /// offset from Redis and bootstraps when it is missing.
+    pub async fn open(
+        store: Arc<dyn OplogStore>,
+        registry: Arc<PluginRegistry>,
+        config: RedisWriterConfig,
+    ) -> Result<RedisWriter, RedisWriterError> {
+        if config.batch_size == 0 {
+            return Err(RedisWriterError::Config(
+                "batch_size must be at least 1".into(),
+            ));
+        }
+        if config.state_prefix.is_empty() {
+            return Err(RedisWriterError::Config(
+                "state_prefix must not be empty".into(),
+            ));
+        }
+        if config.lock.enabled && config.lock.key.is_empty() {
+            return Err(RedisWriterError::Config(
+                "lock.key must not be empty".into(),
+            ));
+        }
+        if let Some(cursor) = &config.replay_cursor
+            && (cursor.key.is_empty() || cursor.source.is_empty())
+        {
+            return Err(RedisWriterError::Config(
+                "replay_cursor needs a source and a key".into(),
+            ));
+        }
+        let target = Arc::new(Target::new(&config)?);
+        let breaker = Arc::new(CircuitBreaker::new(
+            config.breaker_threshold,
+            Duration::from_millis(config.breaker_timeout_ms),
+        ));
+        let lock_enabled = config.lock.enabled && target.memory().is_none();
+        let status = Arc::new(RedisWriterStatus::new(
+            target.kind(),
+            breaker.clone(),
+            if lock_enabled {
+                LockState::Waiting
+            } else {
+                LockState::Disabled
+            },
+        ));
+        let lock = lock_enabled.then(|| Arc::new(WriterLock::new(&config.lock, status.clone())));
+        tracing::info!(
+            target_kind = target.kind(),
+            addr = %config.addr,
+            cluster = config.cluster,
+            lock = lock_enabled,
+            ttl_secs = config.ttl_secs,
+            "redis writer opened"
+        );
+        Ok(RedisWriter {
+            store,
+            registry,
+            config,
+            target,
+            breaker,
+            status,
+            lock,
+            lock_epoch: 0,
+            offset: 0,
+            synced: false,
+            stored: HashMap::new(),
+            current: HashMap::new(),
+            remembered: RememberedCache::new(REMEMBERED_CACHE_MAX),
+            candidates: Vec::new(),
+            candidates_at: None,
+            last_state_check: None,
+            last_version_check: None,
+            last_cursor_check: None,
+            cursor_written: None,
+            cursor_checked_at: -1,
+            talked: false,
+        })
+    }
+
+    /// The live status (cheap to clone and read from other tasks).
+    pub fn status(&self) -> Arc<RedisWriterStatus> {
+        self.status.clone()
+    }
+
+    /// The offset: every log entry up to it is in the cache.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisWriterConfig {
+        &self.config
+    }
+
+    /// The in-process target, when the writer writes to memory.
+    pub fn memory(&self) -> Option<Arc<MemoryTarget>> {
+        self.target.memory()
+    }
+
+    /// The owner token this writer puts into the lock key, if it locks.
+    pub fn lock_token(&self) -> Option<&str> {
+        self.lock.as_deref().map(WriterLock::token)
+    }
+
+    // ------------------------------------------------------------ Redis calls
+
+    async fn exec(
+        &mut self,
+        commands: &[Command],
+        op: &'static str,
+    ) -> Result<Vec<Reply>, RedisWriterError> {
+        let replies = self.target.run(commands, op).await?;
+        self.talked = true;
+        Ok(replies)
+    }
+
+    async fn write(
+        &mut self,
+        phases: &[Vec<Command>],
+        op: &'static str,
+    ) -> Result<(), RedisWriterError> {
+        if let Some(lock) = &self.lock
+            && !lock.is_held()
+        {
+            return Err(RedisWriterError::LockNotHeld {
+                key: self.config.lock.key.clone(),
+            });
+        }
+        self.target.write(phases, op).await?;
+        self.talked = true;
+        Ok(())
+    }
+
+    /// Book the outcome of Redis work for the breaker and the status.
+    fn account<T>(&mut self, result: &Result<T, RedisWriterError>) {
+        match result {
+            Ok(_) => {
+                if self.talked {
+                    self.breaker.success();
+                    self.status.set_connected(true);
+                }
+                self.status.clear_error();
+            }
+            Err(RedisWriterError::LockNotHeld { .. }) => {
+                self.synced = false;
+            }
+            Err(error) => {
+                if error.is_redis() {
+                    self.breaker.failure();
+                    self.status.set_connected(false);
+                    // Redis may have restarted empty: re-read the offset.
+                    self.synced = false;
+                }
+                self.status.error(error);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ scope
+
+    fn explicit(&self) -> bool {
+        !self.config.entities.is_empty()
+    }
+
+    fn scope(&self, entity: &str) -> Scope {
+        let explicit = self.explicit();
+        if explicit && !self.config.entities.iter().any(|e| e == entity) {
+            return Scope::Out;
+        }
+        match self.registry.for_entity(entity) {
+            Some(plugin) => Scope::In(plugin),
+            None if explicit || matches!(self.stored.get(entity), Some(Some(_))) => Scope::Missing,
+            None => Scope::Out,
+        }
+    }
+
+    /// The entities to check versions of: the configured ones, or every
+    /// entity some loaded plugin serves (assigned, declared, or defined in
+    /// the store).
+    async fn candidates(&mut self, fresh: bool) -> Result<Vec<String>, RedisWriterError> {
+        if self.explicit() {
+            return Ok(self.config.entities.clone());
+        }
+        if !fresh && !due(self.candidates_at, CANDIDATES_EVERY) {
+            return Ok(self.candidates.clone());
+        }
+        let mut names: BTreeSet<String> = self
+            .store
+            .entities()
+            .await?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        for plugin in self.registry.plugins() {
+            names.extend(plugin.entities);
+            if let Some(loaded) = self.registry.plugin(&plugin.name) {
+                names.extend(
+                    loaded
+                        .info()
+                        .bindings
+                        .iter()
+                        .filter(|b| b.entity != "*")
+                        .map(|b| b.entity.clone()),
+                );
+            }
+        }
+        self.candidates = names
+            .into_iter()
+            .filter(|name| self.registry.for_entity(name).is_some())
+            .collect();
+        self.candidates_at = Some(Instant::now());
+        Ok(self.candidates.clone())
+    }
+
+    // ------------------------------------------------------------ steps
+
+    /// Read and apply one batch. `read == 0` means the writer is caught up;
+    /// `waiting` says it could not write (lock held elsewhere, breaker
+    /// open). A Redis failure is returned (and counted by the breaker); the
+    /// batch is retried from the same offset by the next step.
+    pub async fn step(&mut self) -> Result<StepReport, RedisWriterError> {
+        self.step_with(false).await
+    }
+
+    async fn step_with(&mut self, force: bool) -> Result<StepReport, RedisWriterError> {
+        let mut report = StepReport {
+            offset: self.offset,
+            ..StepReport::default()
+        };
+        if let Err(open) = self.breaker.check() {
+            report.waiting = Some(Waiting::Breaker {
+                retry_in: open.retry_in,
+            });
+            return Ok(report);
+        }
+        self.talked = false;
+        let result = self.guarded_step(force, &mut report).await;
+        self.account(&result);
+        report.offset = self.offset;
+        match result {
+            Ok(()) => Ok(report),
+            Err(RedisWriterError::LockNotHeld { .. }) => {
+                report.waiting = Some(Waiting::Lock);
+                Ok(report)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn guarded_step(
+        &mut self,
+        force: bool,
+        report: &mut StepReport,
+    ) -> Result<(), RedisWriterError> {
+        if let Some(lock) = self.lock.clone() {
+            if !lock.is_held() {
+                let held = lock.tick(&self.target).await?;
+                self.talked = true;
+                if !held {
+                    report.waiting = Some(Waiting::Lock);
+                    self.synced = false;
+                    return Ok(());
+                }
+            }
+            if lock.epoch() != self.lock_epoch {
+                self.lock_epoch = lock.epoch();
+                self.synced = false;
+            }
+        }
+        let probing = self.breaker.state() != BreakerState::Closed || !self.status.connected();
+        if force || probing || !self.synced || due(self.last_state_check, STATE_CHECK_EVERY) {
+            self.sync_state(report).await?;
+        }
+        let entries = self
+            .store
+            .read_log(self.offset, self.config.batch_size)
+            .await?;
+        report.read = entries.len();
+        let all = force || due(self.last_version_check, VERSION_CHECK_EVERY);
+        if all || !entries.is_empty() {
+            self.check_versions(&entries, all, report).await?;
+        }
+        if entries.is_empty() {
+            self.status.set_caught_up(true);
+            if force
+                || self.cursor_checked_at != self.offset
+                || due(self.last_cursor_check, CURSOR_CHECK_EVERY)
+            {
+                self.mirror_cursor().await?;
+            }
+        } else {
+            self.status.set_caught_up(false);
+            self.apply_log(entries, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Read the offset and the stored versions from Redis; bootstrap when
+    /// the offset is missing.
+    async fn sync_state(&mut self, report: &mut StepReport) -> Result<(), RedisWriterError> {
+        let candidates = self.candidates(!self.synced).await?;
+        let mut commands = vec![Command::Get {
+            key: self.config.offset_key(),
+        }];
+        commands.extend(candidates.iter().map(|entity| Command::Get {
+            key: self.config.version_key(entity),
+        }));
+        let mut replies = self.exec(&commands, "read state").await?.into_iter();
+        let offset = replies.next().and_then(Reply::into_value);
+        self.stored.clear();
+        for (entity, reply) in candidates.iter().zip(replies) {
+            let version = reply.into_value();
+            self.status.set_version(entity, version.as_deref());
+            self.stored.insert(entity.clone(), version);
+        }
+        self.last_state_check = Some(Instant::now());
+        let parsed = match offset.as_deref().map(str::parse::<i64>) {
+            Some(Ok(offset)) => Some(offset),
+            Some(Err(_)) => {
+                tracing::warn!(key = %self.config.offset_key(), value = ?offset, "unreadable offset in Redis: bootstrapping");
+                None
+            }
+            None => None,
+        };
+        match parsed {
+            None => {
+                if self.synced {
+                    tracing::warn!(
+                        offset = self.offset,
+                        "offset key gone from Redis (flushed or restarted): bootstrapping"
+                    );
+                }
+                self.bootstrap(report).await?;
+            }
+            Some(offset) => {
+                if self.synced && offset != self.offset {
+                    tracing::warn!(
+                        ours = self.offset,
+                        redis = offset,
+                        "offset in Redis changed behind the writer: resuming from it"
+                    );
+                }
+                if !self.synced || offset != self.offset {
+                    self.remembered.clear();
+                    self.cursor_written = None;
+                }
+                self.offset = offset;
+                self.status.set_applied(offset);
+            }
+        }
+        self.synced = true;
+        Ok(())
+    }
+
+    /// Write every live row of every in-scope entity, then the offset = the
+    /// log head read first.
+    async fn bootstrap(&mut self, report: &mut StepReport) -> Result<(), RedisWriterError> {
+        let started = std::time::Instant::now();
+        let head = self.store.head().await?;
+        self.remembered.clear();
+        self.cursor_written = None;
+        let candidates = self.candidates(true).await?;
+        let scoped: Vec<(String, Arc<LoadedPlugin>)> = candidates
+            .into_iter()
+            .filter_map(|entity| match self.scope(&entity) {
+                Scope::In(plugin) => Some((entity, plugin)),
+                _ => None,
+            })
+            .collect();
+        let mut versions = Vec::new();
+        let mut rows = 0;
+        for (entity, plugin, version) in versions_of(scoped).await? {
+            let version = match version {
+                Ok(version) => version,
+                Err(error) => {
+                    tracing::warn!(entity = %entity, %error, "no cache version: entity not bootstrapped");
+                    continue;
+                }
+            };
+            rows += self.load_entity(&entity, &plugin, &version, report).await?;
+            versions.push((entity, version));
+        }
+        let version_keys: Vec<Command> = versions
+            .iter()
+            .map(|(entity, version)| Command::SetState {
+                key: self.config.version_key(entity),
+                value: version.clone(),
+            })
+            .collect();
+        let offset = vec![Command::SetState {
+            key: self.config.offset_key(),
+            value: head.to_string(),
+        }];
+        self.write(&[version_keys, offset], "bootstrap").await?;
+        for (entity, version) in versions {
+            self.status.set_version(&entity, Some(&version));
+            self.current.insert(entity.clone(), version.clone());
+            self.stored.insert(entity, Some(version));
+        }
+        self.offset = head;
+        self.status.set_applied(head);
+        self.status.set_head(head);
+        self.status.add_bootstrap();
+        report.bootstrapped = true;
+        tracing::info!(
+            head,
+            rows,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "redis cache bootstrapped from the latest rows"
+        );
+        Ok(())
+    }
+
+    /// Write every live row of `entity` under `version` (pages of
+    /// `batch_size`). Returns the rows read.
+    async fn load_entity(
+        &mut self,
+        entity: &str,
+        plugin: &Arc<LoadedPlugin>,
+        version: &str,
+        report: &mut StepReport,
+    ) -> Result<u64, RedisWriterError> {
+        let mut plugins = HashMap::new();
+        plugins.insert(entity.to_owned(), (plugin.clone(), version.to_owned()));
+        let mut after: Option<String> = None;
+        let mut rows = 0u64;
+        loop {
+            let page = self
+                .store
+                .latest_page(entity, after.as_deref(), self.config.batch_size)
+                .await?;
+            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
+                break;
+            };
+            rows += page.len() as u64;
+            let items = page
+                .into_iter()
+                .filter(|r| r.op == Op::Upsert)
+                .map(|r| Item {
+                    entity: entity.to_owned(),
+                    doc_id: r.doc_id,
+                    op: Op::Upsert,
+                    data: r.data,
+                })
+                .collect();
+            self.apply_items(items, &plugins, Vec::new(), None, report)
+                .await?;
+            after = Some(last);
+        }
+        Ok(rows)
+    }
+
+    /// Compare each entity's plugin version with the stored one; rebuild
+    /// the entities whose version changed. `all`: every candidate, else
+    /// only the entities of `entries`.
+    async fn check_versions(
+        &mut self,
+        entries: &[OplogEntry],
+        all: bool,
+        report: &mut StepReport,
+    ) -> Result<(), RedisWriterError> {
+        let mut entities: BTreeSet<String> = entries.iter().map(|e| e.entity.clone()).collect();
+        if all {
+            entities.extend(self.candidates(false).await?);
+            self.last_version_check = Some(Instant::now());
+        }
+        let scoped: Vec<(String, Arc<LoadedPlugin>)> = entities
+            .into_iter()
+            .filter_map(|entity| match self.scope(&entity) {
+                Scope::In(plugin) => Some((entity, plugin)),
+                _ => None,
+            })
+            .collect();
+        let unknown: Vec<&String> = scoped
+            .iter()
+            .map(|(entity, _)| entity)
+            .filter(|entity| !self.stored.contains_key(*entity))
+            .collect();
+        if !unknown.is_empty() {
+            let commands: Vec<Command> = unknown
+                .iter()
+                .map(|entity| Command::Get {
+                    key: self.config.version_key(entity),
+                })
+                .collect();
+            let unknown: Vec<String> = unknown.into_iter().cloned().collect();
+            let replies = self.exec(&commands, "read versions").await?;
+            for (entity, reply) in unknown.into_iter().zip(replies) {
+                self.stored.insert(entity, reply.into_value());
+            }
+        }
+        for (entity, plugin, version) in versions_of(scoped).await? {
+            let version = match version {
+                Ok(version) => version,
+                Err(error) => {
+                    tracing::warn!(entity = %entity, %error, "cannot read the entity's cache version");
+                    self.current.remove(&entity);
+                    continue;
+                }
+            };
+            self.current.insert(entity.clone(), version.clone());
+            let stored = self.stored.get(&entity).cloned().flatten();
+            if stored.as_deref() == Some(version.as_str()) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let rows = self.load_entity(&entity, &plugin, &version, report).await?;
+            self.write(
+                &[vec![Command::SetState {
+                    key: self.config.version_key(&entity),
+                    value: version.clone(),
+                }]],
+                "store version",
+            )
+            .await?;
+            tracing::info!(
+                entity = %entity,
+                from = stored.as_deref().unwrap_or(""),
+                to = %version,
+                rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "entity rebuilt under a new cache version"
+            );
+            self.status.set_version(&entity, Some(&version));
+            self.status.add_rebuild();
+            self.stored.insert(entity, Some(version));
+            report.rebuilt += 1;
+        }
+        Ok(())
+    }
+
+    /// Apply one batch of log entries and move the offset past it.
+    async fn apply_log(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        report: &mut StepReport,
+    ) -> Result<(), RedisWriterError> {
+        let Some(last) = entries.last().map(|e| e.id) else {
+            return Ok(());
+        };
+        let mut plugins: HashMap<String, (Arc<LoadedPlugin>, String)> = HashMap::new();
+        let mut missing: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let mut items = Vec::with_capacity(entries.len());
+        let mut skipped = 0u64;
+        for entry in entries {
+            if !plugins.contains_key(&entry.entity) {
+                match self.scope(&entry.entity) {
+                    Scope::Out => {
+                        report.ignored += 1;
+                        continue;
+                    }
+                    Scope::Missing => {
+                        missing
+                            .entry(entry.entity.clone())
+                            .or_insert_with(|| (0, entry.doc_id.clone()))
+                            .0 += 1;
+                        continue;
+                    }
+                    Scope::In(plugin) => match self.current.get(&entry.entity) {
+                        Some(version) => {
+                            plugins.insert(entry.entity.clone(), (plugin, version.clone()));
+                        }
+                        None => {
+                            tracing::warn!(entity = %entry.entity, doc_id = %entry.doc_id, error = "the plugin gave no cache version", "row skipped");
+                            skipped += 1;
+                            continue;
+                        }
+                    },
+                }
+            }
+            items.push(Item {
+                entity: entry.entity,
+                doc_id: entry.doc_id,
+                op: entry.op,
+                data: entry.data,
+            });
+        }
+        let mut extra_state = Vec::new();
+        for (entity, (rows, first)) in missing {
+            tracing::warn!(entity = %entity, doc_id = %first, rows, error = "no plugin is loaded for the entity", "rows skipped");
+            skipped += rows as u64;
+            // Forget the stored version: the entity is rebuilt from its
+            // latest rows once a plugin serves it again.
+            if matches!(self.stored.get(&entity), Some(Some(_))) {
+                extra_state.push(Command::Del {
+                    key: self.config.version_key(&entity),
+                });
+            }
+            self.stored.insert(entity.clone(), None);
+            self.status.set_version(&entity, None);
+        }
+        report.skipped += skipped as usize;
+        self.status.add_skipped(skipped);
+        self.apply_items(items, &plugins, extra_state, Some(last), report)
+            .await?;
+        self.offset = last;
+        self.status.set_applied(last);
+        Ok(())
+    }
+
+    /// Derive the writes of `items` (one `keys` call per entity, on a
+    /// blocking thread), diff them against the remembered keys and write
+    /// the batch: data, then remembered entries and `extra_state`, then the
+    /// offset (when given).
+    async fn apply_items(
+        &mut self,
+        items: Vec<Item>,
+        plugins: &HashMap<String, (Arc<LoadedPlugin>, String)>,
+        extra_state: Vec<Command>,
+        offset: Option<i64>,
+        report: &mut StepReport,
+    ) -> Result<(), RedisWriterError> {
+        // 1. keys(), one call per entity.
+        let mut jobs: Vec<(String, Arc<LoadedPlugin>, Vec<Row>)> = Vec::new();
+        let mut job_of: HashMap<String, usize> = HashMap::new();
+        let mut slots: Vec<Option<(usize, usize)>> = Vec::with_capacity(items.len());
+        let mut heads: Vec<(String, String, Op)> = Vec::with_capacity(items.len());
+        for item in items {
+            let slot = match (item.op, item.data, plugins.get(&item.entity)) {
+                (Op::Upsert, Some(data), Some((plugin, _))) => {
+                    let job = *job_of.entry(item.entity.clone()).or_insert_with(|| {
+                        jobs.push((item.entity.clone(), plugin.clone(), Vec::new()));
+                        jobs.len() - 1
+                    });
+                    let rows = &mut jobs[job].2;
+                    rows.push(Row {
+                        entity: item.entity.clone(),
+                        id: item.doc_id.clone(),
+                        op: RowOp::Upsert,
+                        data,
+                    });
+                    Some((job, rows.len() - 1))
+                }
+                _ => None,
+            };
+            slots.push(slot);
+            heads.push((item.entity, item.doc_id, item.op));
+        }
+        let mut results: Vec<Vec<Option<KeysResult>>> = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            blocking(move || {
+                jobs.into_iter()
+                    .map(|(entity, plugin, rows)| {
+                        plugin
+                            .keys(&entity, &rows)
+                            .into_iter()
+                            .map(Some)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .await?
+        };
+
+        // 2. Remembered entries the cache lacks: one HMGET per entity.
+        self.remembered.reserve(heads.len());
+        let mut by_entity: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (entity, doc_id, _) in &heads {
+            by_entity.entry(entity).or_default().push(doc_id);
+        }
+        let mut reads: Vec<(String, Vec<String>)> = Vec::new();
+        for (entity, docs) in by_entity {
+            let missing = self.remembered.missing(entity, docs);
+            if !missing.is_empty() {
+                reads.push((entity.to_owned(), missing));
+            }
+        }
+        if !reads.is_empty() {
+            let commands: Vec<Command> = reads
+                .iter()
+                .map(|(entity, fields)| Command::HMGet {
+                    key: self.config.keys_key(entity),
+                    fields: fields.clone(),
+                })
+                .collect();
+            let replies = self.exec(&commands, "read remembered keys").await?;
+            for ((entity, fields), reply) in reads.into_iter().zip(replies) {
+                let values = reply.into_values();
+                for (i, doc_id) in fields.iter().enumerate() {
+                    let entry = values
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|text| Remembered::parse(&entity, doc_id, &text));
+                    self.remembered.insert(&entity, doc_id, entry);
+                }
+            }
+        }
+
+        // 3. The plan, in log order.
+        let mut plan = Plan::default();
+        let (mut upserted, mut deleted, mut skipped) = (0usize, 0usize, 0usize);
+        for ((entity, doc_id, op), slot) in heads.into_iter().zip(slots) {
+            let before = self.remembered.get(&entity, &doc_id).cloned().flatten();
+            match (op, slot) {
+                (Op::Delete, _) => {
+                    plan.delete(&entity, &doc_id, before);
+                    deleted += 1;
+                }
+                (Op::Upsert, None) => {
+                    tracing::warn!(entity = %entity, doc_id = %doc_id, error = "upsert row without data", "row skipped");
+                    skipped += 1;
+                }
+                (Op::Upsert, Some((job, index))) => {
+                    let result = results
+                        .get_mut(job)
+                        .and_then(|r| r.get_mut(index))
+                        .and_then(Option::take);
+                    match result {
+                        Some(Ok(writes)) => {
+                            let version = plugins
+                                .get(&entity)
+                                .map(|(_, v)| v.as_str())
+                                .unwrap_or_default();
+                            let writes = writes.into_iter().map(|w| (w.key, w.value)).collect();
+                            plan.upsert(&entity, &doc_id, version, writes, before);
+                            upserted += 1;
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(entity = %entity, doc_id = %doc_id, %error, "row skipped: keys failed");
+                            skipped += 1;
+                        }
+                        None => {
+                            tracing::warn!(entity = %entity, doc_id = %doc_id, error = "the plugin returned no result", "row skipped");
+                            skipped += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        // 4. Write: data, then remembered entries, then the offset.
+        let ttl = self.config.ttl();
+        let config = &self.config;
+        let mut out = plan.commands(ttl, |entity| config.keys_key(entity));
+        out.state.extend(extra_state);
+        let offset_phase: Vec<Command> = offset
+            .map(|offset| Command::SetState {
+                key: self.config.offset_key(),
+                value: offset.to_string(),
+            })
+            .into_iter()
+            .collect();
+        self.write(
+            &[
+                std::mem::take(&mut out.data),
+                std::mem::take(&mut out.state),
+                offset_phase,
+            ],
+            "write batch",
+        )
+        .await?;
+        for (entity, doc_id, entry) in out.remembered {
+            self.remembered.insert(&entity, &doc_id, entry);
+        }
+        self.status.add_batch(
+            (upserted + deleted) as u64,
+            skipped as u64,
+            out.written,
+            out.deleted,
+        );
+        report.upserted += upserted;
+        report.deleted += deleted;
+        report.skipped += skipped;
+        report.keys_written += out.written;
+        report.keys_deleted += out.deleted;
+        Ok(())
+    }
+
+    /// Caught up: note the log head and mirror the replay cursor if it
+    /// changed. The position is read before the head, so when the head is
+    /// applied, so are the rows the position stands for.
+    async fn mirror_cursor(&mut self) -> Result<(), RedisWriterError> {
+        self.last_cursor_check = Some(Instant::now());
+        self.cursor_checked_at = self.offset;
+        let position = match &self.config.replay_cursor {
+            Some(cursor) => self.store.source_position(&cursor.source).await?,
+            None => None,
+        };
+        let head = self.store.head().await?;
+        self.status.set_head(head);
+        let (Some(cursor), Some(position)) = (self.config.replay_cursor.clone(), position) else {
+            return Ok(());
+        };
+        if head > self.offset || self.cursor_written.as_ref() == Some(&position) {
+            return Ok(());
+        }
+        self.write(
+            &[vec![Command::SetState {
+                key: cursor.key.clone(),
+                value: position.clone(),
+            }]],
+            "mirror replay cursor",
+        )
+        .await?;
+        tracing::debug!(key = %cursor.key, position = %position, "replay cursor mirrored");
+        self.cursor_written = Some(position);
+        Ok(())
+    }
+
+    /// Apply batches until the log is exhausted (or the writer has to wait
+    /// for the lock or the breaker); returns the totals. The first step
+    /// re-reads the offset and every entity version.
+    pub async fn catch_up(&mut self) -> Result<StepReport, RedisWriterError> {
+        let mut total = StepReport {
+            offset: self.offset,
+            ..StepReport::default()
+        };
+        let mut force = true;
+        loop {
+            let step = self.step_with(force).await?;
+            force = false;
+            total.add(&step);
+            if step.read == 0 || step.waiting.is_some() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Run the stale-version cleanup now: delete the keys under
+    /// `cleanup_prefixes` whose version is not the current version of any
+    /// in-scope entity (after re-checking the versions, so a pending
+    /// rebuild happens first).
+    pub async fn cleanup_now(&mut self) -> Result<CleanupReport, RedisWriterError> {
+        if let Err(open) = self.breaker.check() {
+            return Err(RedisWriterError::BreakerOpen {
+                retry_in: open.retry_in,
+            });
+        }
+        self.talked = false;
+        let result = self.guarded_cleanup().await;
+        self.account(&result);
+        if let Ok(report) = &result {
+            self.status.add_cleanup(report.removed);
+            tracing::info!(
+                removed = report.removed,
+                scanned = report.scanned,
+                nodes = report.nodes,
+                versions = ?report.versions,
+                "stale-version cleanup done"
+            );
+        }
+        result
+    }
+
+    async fn guarded_cleanup(&mut self) -> Result<CleanupReport, RedisWriterError> {
+        if let Some(lock) = self.lock.clone() {
+            if !lock.is_held() {
+                lock.tick(&self.target).await?;
+                self.talked = true;
+            }
+            if !lock.is_held() {
+                return Err(RedisWriterError::LockNotHeld {
+                    key: self.config.lock.key.clone(),
+                });
+            }
+        }
+        let mut report = StepReport::default();
+        self.sync_state(&mut report).await?;
+        self.check_versions(&[], true, &mut report).await?;
+        let versions: BTreeSet<String> = self.status.versions().into_values().collect();
+        let result = cleanup(&self.target, &self.config.cleanup_prefixes, &versions).await?;
+        self.talked = true;
+        Ok(result)
+    }
+
+    /// Release the writer lock if this writer holds it.
+    pub async fn release_lock(&self) -> Result<bool, RedisWriterError> {
+        match &self.lock {
+            Some(lock) => lock.release(&self.target).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Replicate until `cancel` fires: steps back to back while there is a
+    /// backlog, `poll_ms` apart when caught up; waits out an open breaker
+    /// or a lock held elsewhere; renews the lock every `ttl / 3` on a task
+    /// of its own; runs the cleanup every `cleanup_interval_secs`. Releases
+    /// the lock on the way out.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let renewal = self.lock.clone().map(|lock| {
+            let target = self.target.clone();
+            let stop = cancel.child_token();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(lock.renew_every()) => {}
+                    }
+                    if let Err(error) = lock.tick(&target).await {
+                        tracing::warn!(%error, "writer lock renewal failed");
+                    }
+                }
+            })
+        });
+        let cleanup_every = self.config.cleanup_interval();
+        let mut next_cleanup = cleanup_every.map(|every| Instant::now() + every);
+        let mut backoff = ERROR_BACKOFF_MIN;
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                result = self.step() => result,
+            };
+            let wait = match result {
+                Ok(StepReport {
+                    waiting: Some(Waiting::Breaker { retry_in }),
+                    ..
+                }) => retry_in,
+                Ok(StepReport {
+                    waiting: Some(Waiting::Lock),
+                    ..
+                }) => self
+                    .lock
+                    .as_ref()
+                    .map_or(self.config.poll_interval(), |l| l.renew_every()),
+                Ok(report) => {
+                    backoff = ERROR_BACKOFF_MIN;
+                    if report.read > 0 {
+                        tracing::debug!(
+                            read = report.read,
+                            upserted = report.upserted,
+                            deleted = report.deleted,
+                            keys_written = report.keys_written,
+                            keys_deleted = report.keys_deleted,
+                            offset = report.offset,
+                            "redis batch applied"
+                        );
+                        Duration::ZERO
+                    } else {
+                        self.config.poll_interval()
+                    }
+                }
+                Err(error) => {
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(ERROR_BACKOFF_MAX);
+                    tracing::warn!(
+                        %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        breaker = %self.breaker.state(),
+                        offset = self.offset,
+                        "redis writer step failed"
+                    );
+                    wait
+                }
+            };
+            if let (Some(at), Some(every)) = (next_cleanup, cleanup_every)
+                && Instant::now() >= at
+                && self.breaker.state() == BreakerState::Closed
+            {
+                next_cleanup = Some(Instant::now() + every);
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    result = self.cleanup_now() => result,
+                };
+                if let Err(error) = result {
+                    tracing::warn!(%error, "stale-version cleanup failed");
+                }
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        if let Some(renewal) = renewal {
+            renewal.abort();
+        }
+        if let Some(lock) = &self.lock
+            && lock.is_held()
+        {
+            match self.release_lock().await {
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot release the writer lock"),
+            }
+        }
+        tracing::info!(offset = self.offset, "redis writer stopped");
+    }
+}
