@@ -13,11 +13,26 @@ command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 # loopback ports (tests/src/services.rs); the packages' services stay unused.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || need_apt+=(redis-server)
+# Python with venv (Debian splits ensurepip into python3-venv) for the test
+# that drives Schematic's Python SDK (tests/tests/integration/python_sdk.rs).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# The Python SDK test's venv (the test creates it too when it is missing).
+PYVENV=target/pyvenv
+sdk_ok() {
+  "$PYVENV/bin/python" -c "import importlib.metadata as m, wasmtime, redis, schematic
+assert m.version('schematichq') == '1.4.6'" >/dev/null 2>&1
+}
+if ! sdk_ok; then
+  log "creating $PYVENV (tests/python/requirements.txt)"
+  [ -x "$PYVENV/bin/python" ] || python3 -m venv "$PYVENV"
+  "$PYVENV/bin/python" -m pip install --quiet -r tests/python/requirements.txt
 fi
 
 log "building guest plugins (wasm32-wasip2)"

@@ -8,6 +8,7 @@ mod end_to_end;
 mod hot_reload;
 mod isolation;
 mod oplog_store;
+mod python_sdk;
 mod redis_writer;
 mod replicator;
 mod services;
