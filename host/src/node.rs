@@ -305,14 +305,26 @@ impl Node {
             writer: self.writer.clone(),
             store: self.store.clone(),
             registry: self.registry.clone(),
-            version_entity: self
-                .config
-                .entities
-                .first()
-                .map(|e| e.name.clone())
-                .unwrap_or_else(|| "flags".into()),
+            version_entity: self.version_entity(),
             started: std::time::Instant::now(),
         }
+    }
+
+    /// The entity whose cache version `/ready` reports.
+    fn version_entity(&self) -> String {
+        if let Some(entity) = &self.config.health.version_entity {
+            return entity.clone();
+        }
+        let fed_by_datastream = |e: &&crate::config::EntityConfig| {
+            self.datastreams.iter().any(|(name, _)| *name == e.source)
+        };
+        self.config
+            .entities
+            .iter()
+            .find(fed_by_datastream)
+            .or(self.config.entities.first())
+            .map(|e| e.name.clone())
+            .unwrap_or_default()
     }
 
     async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
@@ -328,6 +340,7 @@ impl Node {
     /// plugin watcher, the configured sources, the replicator and the
     /// periodic jobs.
     pub async fn start(&mut self) -> Result<(), NodeError> {
+        self.start_writers().await?;
         if self.config.api.enabled {
             let addr = self.config.api.listen.clone();
             let listener = tokio::net::TcpListener::bind(&addr)
@@ -343,6 +356,7 @@ impl Node {
                 registry: self.registry.clone(),
                 pipeline: self.pipeline.clone(),
                 dbs: self.config.cache.enabled.then(|| self.dbs.clone()),
+                memory: self.memory.clone(),
             });
             self.jobs.spawn("api", move |cancel| async move {
                 if let Err(error) = api::serve(listener, router, cancel).await {
@@ -368,7 +382,6 @@ impl Node {
                 }
             });
         }
-        self.start_writers().await?;
         if self.config.health.enabled {
             let listener = Self::bind(&self.config.health.listen).await?;
             self.health_addr = listener.local_addr().ok();

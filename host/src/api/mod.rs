@@ -14,6 +14,8 @@
 //! | GET | `/api/rejected?after=&limit=` | rejected records |
 //! | POST | `/api/rejected/replay?limit=` | replay rejected records |
 //! | GET | `/api/replication/stats` | oplog head, source positions, cache databases |
+//! | GET | `/api/cache/keys?prefix=&limit=` | keys of the in-memory key cache (`[redis.memory]`) |
+//! | GET | `/api/cache/keys/{key}` | one key's value |
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it
 //! is: 400/422 for bad input, 404, 409, 503 when the store is unreachable.

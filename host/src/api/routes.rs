@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::cache::CacheDbManager;
+use crate::cache::redis::MemoryTarget;
 use crate::entities::{EntityManager, EntitySpec};
 use crate::ingest::Pipeline;
 use crate::oplog::{EntityStatus, OplogStore};
@@ -30,6 +31,8 @@ pub struct ApiState {
     pub pipeline: Arc<Pipeline>,
     /// The local SQLite caches, when this node runs them.
     pub dbs: Option<CacheDbManager>,
+    /// The in-memory key cache, when the key writer targets memory.
+    pub memory: Option<Arc<MemoryTarget>>,
 }
 
 /// The API router.
@@ -48,6 +51,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rejected", get(rejected))
         .route("/api/rejected/replay", post(replay))
         .route("/api/replication/stats", get(stats))
+        .route("/api/cache/keys", get(memory_keys))
+        .route("/api/cache/keys/{*key}", get(memory_key))
         .with_state(state)
 }
 
@@ -258,4 +263,52 @@ async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
         "source_positions": positions,
         "entities": per_entity,
     })))
+}
+
+/// `?prefix=&limit=` of the in-memory key listing.
+#[derive(Debug, Deserialize)]
+struct KeysQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "default_keys_limit")]
+    limit: usize,
+}
+
+fn default_keys_limit() -> usize {
+    1000
+}
+
+fn memory(state: &ApiState) -> Result<&Arc<MemoryTarget>, ApiError> {
+    state.memory.as_ref().ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "this node keeps no in-memory key cache ([redis.memory] is not configured)".into(),
+    })
+}
+
+/// Keys of the in-memory key cache with a prefix, sorted.
+async fn memory_keys(
+    State(state): State<ApiState>,
+    query: Result<Query<KeysQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let memory = memory(&state)?;
+    let mut keys = memory.keys_with_prefix(&query.prefix);
+    keys.sort();
+    let total = keys.len();
+    keys.truncate(query.limit);
+    Ok(Json(json!({"total": total, "keys": keys})))
+}
+
+/// One key of the in-memory key cache: its value, parsed when it is JSON.
+async fn memory_key(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let memory = memory(&state)?;
+    let value = memory.get(&key).ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no key {key}"),
+    })?;
+    let parsed = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
+    Ok(Json(json!({"key": key, "value": parsed})))
 }

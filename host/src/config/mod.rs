@@ -249,6 +249,9 @@ pub struct HealthConfig {
     pub enabled: bool,
     /// Listen address.
     pub listen: String,
+    /// The entity whose cache version `/ready` reports as `cache_version`;
+    /// default: the first entity fed by a datastream source.
+    pub version_entity: Option<String>,
 }
 
 impl Default for HealthConfig {
@@ -256,6 +259,7 @@ impl Default for HealthConfig {
         HealthConfig {
             enabled: false,
             listen: "0.0.0.0:8090".into(),
+            version_entity: None,
         }
     }
 }

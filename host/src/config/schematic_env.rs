@@ -344,7 +344,7 @@ mod tests {
             config.health,
             HealthConfig {
                 enabled: true,
-                listen: "0.0.0.0:8090".into()
+                ..HealthConfig::default()
             }
         );
         let names: Vec<_> = config.entities.iter().map(|e| e.name.as_str()).collect();

@@ -12,6 +12,11 @@
 //! so a crash mid-load loads again instead of replaying over a hole.
 //! After a load, every batch commits the cursor of its last message.
 //!
+//! The source counts as connected once the server answers on the socket
+//! (a ping goes out right after the starts, so its pong suffices): a server
+//! that rejects the key closes with 4001 first, and `/ready` never flickers
+//! to 200 on such a connection.
+//!
 //! Keepalive: a ping every 30 s; a connection silent for 40 s is dead.
 //! Reconnects back off exponentially (1 s doubling to 30 s, plus up to 1 s
 //! of jitter), reset by a connection that delivered a message. A close with
@@ -179,10 +184,21 @@ impl DatastreamSource {
                 Err(_) => return session.lost("sending start timed out".into()),
             }
         }
+        // Ping at once: the pong (or any message) shows the server took the
+        // key. A server rejecting it closes (4001) before answering, and
+        // until something else arrives the source is not connected: no
+        // ready flicker, and the 4001 error stays on /ready meanwhile.
+        match tokio::time::timeout(write_timeout, sink.send(WsMessage::Ping(Vec::new().into())))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return session.lost(format!("ping: {error}")),
+            Err(_) => return session.lost("ping write timed out".into()),
+        }
         tracing::info!(source = %self.config.name, url = %self.url, replay_from = replay_from.as_deref().unwrap_or(""), "datastream connected");
         if replay_from.is_none() {
             *cursor = None;
-            if let Err(end) = session.start_load().await {
+            if let Err(end) = session.start_load(true).await {
                 return end;
             }
         } else if let Err(end) = session.mark_when_committed(cursor.clone()).await {
@@ -218,7 +234,9 @@ impl DatastreamSource {
                     }
                 }
                 _ = retry_due(session.retry_at) => {
-                    if let Err(end) = session.start_load().await {
+                    // The bulk flags of this connection are in (and kept
+                    // current by the stream): only the pages are read again.
+                    if let Err(end) = session.start_load(false).await {
                         return end;
                     }
                 }
@@ -234,6 +252,11 @@ impl DatastreamSource {
                     }
                     let mut reload = false;
                     for frame in frames {
+                        if let Some(Ok(message)) = &frame
+                            && !matches!(message, WsMessage::Close(_))
+                        {
+                            session.accepted();
+                        }
                         match frame {
                             None => return session.lost("connection closed".into()),
                             Some(Err(error)) => return session.lost(error.to_string()),
@@ -277,7 +300,7 @@ impl DatastreamSource {
                             }
                         }
                         session.stop_load();
-                        if let Err(end) = session.start_load().await {
+                        if let Err(end) = session.start_load(true).await {
                             return end;
                         }
                     }
@@ -329,6 +352,17 @@ struct Session<'a> {
     retry_at: Option<tokio::time::Instant>,
     /// Whether this connection delivered a message.
     healthy: bool,
+    /// Whether the server answered anything but a close (it took the key).
+    accepted: bool,
+    /// Cancelled when the connection ends: stops its ready-mark watchers,
+    /// so a commit of an ended connection never marks a later one ready.
+    token: CancellationToken,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
 }
 
 impl<'a> Session<'a> {
@@ -347,6 +381,16 @@ impl<'a> Session<'a> {
             flags_seen: false,
             retry_at: None,
             healthy: false,
+            accepted: false,
+            token: cancel.child_token(),
+        }
+    }
+
+    /// The server answered on this connection: it is up, the key is good.
+    fn accepted(&mut self) {
+        if !self.accepted {
+            self.accepted = true;
+            self.source.status.set_connected(true);
         }
     }
 
@@ -376,10 +420,16 @@ impl<'a> Session<'a> {
     }
 
     /// Begin a load: stage stream rows, page the REST API in the background.
-    async fn start_load(&mut self) -> Result<(), SessionEnd> {
+    /// `flags_requested`: a flags start was just sent, so the load also waits
+    /// for its bulk answer; a retry of an incomplete load on the same
+    /// connection sends none (the bulk it got is kept current by the
+    /// stream), so it must not wait for another one.
+    async fn start_load(&mut self, flags_requested: bool) -> Result<(), SessionEnd> {
         self.retry_at = None;
         self.finished = None;
-        self.flags_seen = false;
+        if flags_requested {
+            self.flags_seen = false;
+        }
         self.source.status.set_loading(true);
         self.source.status.set_ready_mark(None);
         self.send(SourceBatch {
@@ -474,7 +524,7 @@ impl<'a> Session<'a> {
 
     fn watch_mark(&self, mut receiver: tokio::sync::watch::Receiver<Option<i64>>) {
         let status = self.source.status.clone();
-        let cancel = self.cancel.clone();
+        let cancel = self.token.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
@@ -576,7 +626,7 @@ impl Source for DatastreamSource {
             let delay = match self.connect().await {
                 Ok(socket) => {
                     bump(&self.status.counters.connects);
-                    self.status.set_connected(true);
+                    // Connected once the server answers (see `session`).
                     let end = self.session(socket, &mut cursor, &out, &cancel).await;
                     self.status.set_connected(false);
                     self.status.set_loading(false);
