@@ -11,6 +11,7 @@ mod oplog_store;
 mod python_sdk;
 mod redis_writer;
 mod replicator;
+mod schematic;
 mod services;
 mod shape_plugin;
 

@@ -122,7 +122,8 @@ pub struct DatastreamSnapshot {
 }
 
 impl DatastreamStatus {
-    /// Whether a connection is up.
+    /// Whether a connection is up: upgraded, and the server answered on it
+    /// (a server rejecting the key closes with 4001 before answering).
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
