@@ -41,6 +41,9 @@ use crate::sources::datastream::DatastreamConfig;
 /// The variable that selects this profile.
 pub const API_KEY: &str = "SCHEMATIC_API_KEY";
 
+/// The entities of the profile (the schematic plugin serves exactly these).
+pub const ENTITIES: [&str; 3] = ["flags", "companies", "users"];
+
 /// The key prefixes the stale-version cleanup scans.
 pub const CLEANUP_PREFIXES: [&str; 3] =
     ["schematic:flags:", "schematic:company:", "schematic:user:"];
@@ -142,6 +145,7 @@ pub fn config_from(var: impl Fn(&str) -> Option<String>) -> Result<Config, Confi
 
     let mut redis = RedisWriterConfig {
         cleanup_prefixes: CLEANUP_PREFIXES.iter().map(|p| (*p).to_owned()).collect(),
+        entities: ENTITIES.iter().map(|e| (*e).to_owned()).collect(),
         replay_cursor: Some(ReplayCursorConfig {
             source: source.name.clone(),
             key: get("REPLAY_CURSOR_KEY")
@@ -340,6 +344,7 @@ mod tests {
             "schematic:datastream:replay_cursor"
         );
         assert_eq!(redis.cleanup_prefixes, CLEANUP_PREFIXES);
+        assert_eq!(redis.entities, ENTITIES);
         assert_eq!(
             config.health,
             HealthConfig {
