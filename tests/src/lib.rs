@@ -40,6 +40,9 @@ pub struct Plugins {
 fn cargo_build_wasm(packages: &[&str], features: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
+    // The test process's CARGO_MANIFEST_DIR would differ from a plain build's
+    // and make build scripts that watch it (ring's) rebuild their dependants.
+    command.env_remove("CARGO_MANIFEST_DIR");
     command.current_dir(workspace_root()).args([
         "build",
         "--quiet",
@@ -114,6 +117,7 @@ pub fn emcachers_bin() -> PathBuf {
             .unwrap_or_default();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
+        command.env_remove("CARGO_MANIFEST_DIR");
         command.current_dir(workspace_root()).args([
             "build",
             "--quiet",
