@@ -442,6 +442,25 @@ impl RawRow {
     }
 }
 
+impl RawRow {
+    /// Parse the row's fields, as the SDK does before calling
+    /// [`Plugin::keys`](crate::Plugin::keys). Invalid JSON, or fields that
+    /// are not an object, is an item error naming the id.
+    pub fn parse(self) -> Result<Row> {
+        let data = if self.data.is_empty() {
+            Map::new()
+        } else {
+            crate::runner::parse_object("row", &self.id, &self.data).map_err(Error::msg)?
+        };
+        Ok(Row {
+            entity: self.entity,
+            id: self.id,
+            op: self.op,
+            data,
+        })
+    }
+}
+
 impl From<Row> for RawRow {
     /// Serialise the row's fields.
     fn from(row: Row) -> Self {

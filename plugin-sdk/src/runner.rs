@@ -66,8 +66,10 @@ impl<P: Plugin> Runner<P> {
     ) -> Vec<Result<Vec<wit::CacheWrite>, String>> {
         rows.into_iter()
             .map(|row| {
-                let row = row_from_wit(row)?;
-                let writes = self.plugin.keys(entity, &row).map_err(String::from)?;
+                let writes = self
+                    .plugin
+                    .keys_raw(entity, row_to_raw(row))
+                    .map_err(String::from)?;
                 Ok(writes.into_iter().map(write_to_wit).collect())
             })
             .collect()
@@ -90,7 +92,7 @@ pub(crate) fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| String::from("null"))
 }
 
-fn parse_object(what: &str, id: &str, text: &str) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_object(what: &str, id: &str, text: &str) -> Result<Map<String, Value>, String> {
     match serde_json::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(format!("{what} of {id} is not a JSON object: {other}")),
@@ -147,6 +149,19 @@ pub(crate) fn change_to_wit(change: &Change) -> wit::Change {
         id: change.id.clone(),
         document: change.document.as_ref().map(json_text),
         current: change.current.as_ref().map(json_text),
+    }
+}
+
+/// A WIT row as a [`RawRow`] (no parsing).
+pub(crate) fn row_to_raw(row: wit::Row) -> RawRow {
+    RawRow {
+        entity: row.entity,
+        id: row.id,
+        op: match row.op {
+            wit::RowOp::Upsert => RowOp::Upsert,
+            wit::RowOp::Delete => RowOp::Delete,
+        },
+        data: row.data,
     }
 }
 

@@ -339,7 +339,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let mut config = Self::extract(figment.merge(Env::prefixed("EMCACHERS_").split("__")))?;
+        let mut config = Self::extract(
+            figment.merge(
+                Env::prefixed("EMCACHERS_")
+                    .ignore(&["WASM_PROFILER"])
+                    .split("__"),
+            ),
+        )?;
         let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
         if path.is_some() {
             config.resolve_paths(base);

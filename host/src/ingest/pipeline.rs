@@ -85,22 +85,42 @@ impl Pipeline {
         // Route: entity → its changes, in source order.
         let mut order: Vec<EntityDef> = Vec::new();
         let mut routed: HashMap<String, Vec<Change>> = HashMap::new();
-        let mut routes_cache: HashMap<(String, String), Vec<EntityDef>> = HashMap::new();
+        // A batch spans few collections: a short list, searched without
+        // allocating a key per change.
+        let mut routes_cache: Vec<((String, String), Vec<EntityDef>)> = Vec::new();
         for change in batch.changes {
-            let key = (change.source.clone(), change.collection.clone());
-            let targets = routes_cache
-                .entry(key)
-                .or_insert_with(|| self.entities.routes(&change.source, &change.collection));
+            let cached = routes_cache
+                .iter()
+                .position(|((s, c), _)| *s == change.source && *c == change.collection);
+            let index = match cached {
+                Some(index) => index,
+                None => {
+                    let targets = self.entities.routes(&change.source, &change.collection);
+                    routes_cache
+                        .push(((change.source.clone(), change.collection.clone()), targets));
+                    routes_cache.len() - 1
+                }
+            };
+            let targets = &routes_cache[index].1;
             if targets.is_empty() {
                 report.unrouted += 1;
                 continue;
             }
-            for def in targets.iter() {
+            // The last target takes the change itself: no copy of the
+            // document in the usual one-entity case.
+            let last = targets.len() - 1;
+            let mut change = Some(change);
+            for (index, def) in targets.iter().enumerate() {
                 let list = routed.entry(def.name.clone()).or_insert_with(|| {
                     order.push(def.clone());
                     Vec::new()
                 });
-                list.push(change.clone());
+                let item = if index == last {
+                    change.take()
+                } else {
+                    change.clone()
+                };
+                list.extend(item);
             }
         }
         let groups = order

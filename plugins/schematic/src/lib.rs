@@ -140,8 +140,8 @@ mod rest;
 use std::collections::HashMap;
 
 use emcachers_plugin_sdk::{
-    CacheWrite, Change, ChangeOp, Error, Map, Plugin, PluginInfo, Result, Row, RowOp, Shaped,
-    Value, serde_json,
+    CacheWrite, Change, ChangeOp, Error, Map, Plugin, PluginInfo, RawRow, Result, Row, RowOp,
+    Shaped, Value, serde_json,
 };
 use serde::Deserialize;
 
@@ -257,6 +257,80 @@ fn check_version(entity: &str, version: &str) -> Result<()> {
     Ok(())
 }
 
+/// The fields of a row its keys depend on.
+#[derive(Debug, Default, Deserialize)]
+struct KeyFields {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    key: Option<Value>,
+    #[serde(default)]
+    keys: Option<Value>,
+}
+
+impl SchematicPlugin {
+    /// The writes of one row whose entity JSON is `value`.
+    fn writes(
+        &self,
+        entity: &str,
+        row_id: &str,
+        op: RowOp,
+        value: String,
+        fields: KeyFields,
+    ) -> Result<Vec<CacheWrite>> {
+        let ctx = Ctx::new(entity, row_id);
+        let Some(kind) = Kind::of(entity) else {
+            return Err(ctx.err("the schematic plugin serves only flags, companies and users"));
+        };
+        if op == RowOp::Delete {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("schematic:{}:{}:", kind.key_segment(), self.version(entity));
+        match kind {
+            Kind::Flags => {
+                let Some(key) = non_empty_str(fields.key.as_ref()) else {
+                    return Err(ctx.field_err("key", "the flag row has no key"));
+                };
+                Ok(vec![CacheWrite::new(
+                    format!("{prefix}{}", key.to_lowercase()),
+                    value,
+                )])
+            }
+            Kind::Companies | Kind::Users => {
+                let id = non_empty_str(fields.id.as_ref()).unwrap_or(row_id);
+                if id.is_empty() {
+                    return Err(ctx.field_err("id", "the row has no id"));
+                }
+                let quoted_id = serde_json::to_string(id)?;
+                let mut writes = vec![CacheWrite::new(format!("{prefix}{id}"), value)];
+                match &fields.keys {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Object(keys)) => {
+                        for (name, key_value) in keys {
+                            let Some(key_value) = key_value.as_str() else {
+                                return Err(ctx.field_err(
+                                    &format!("keys.{name}"),
+                                    expected("a string", key_value),
+                                ));
+                            };
+                            let key = format!(
+                                "{prefix}{}:{}",
+                                name.to_lowercase(),
+                                key_value.to_lowercase()
+                            );
+                            if !writes.iter().any(|w| w.key == key) {
+                                writes.push(CacheWrite::new(key, quoted_id.clone()));
+                            }
+                        }
+                    }
+                    Some(other) => return Err(ctx.field_err("keys", expected("an object", other))),
+                }
+                Ok(writes)
+            }
+        }
+    }
+}
+
 impl Plugin for SchematicPlugin {
     fn describe(&self) -> PluginInfo {
         PluginInfo::new(NAME, VERSION)
@@ -320,56 +394,31 @@ impl Plugin for SchematicPlugin {
 
     /// The Redis writes of an upsert row (spec §5); delete rows imply none.
     fn keys(&self, entity: &str, row: &Row) -> Result<Vec<CacheWrite>> {
-        let ctx = Ctx::new(entity, &row.id);
-        let Some(kind) = Kind::of(entity) else {
-            return Err(ctx.err("the schematic plugin serves only flags, companies and users"));
+        let fields = KeyFields {
+            id: row.data.get("id").cloned(),
+            key: row.data.get("key").cloned(),
+            keys: row.data.get("keys").cloned(),
         };
-        if row.op == RowOp::Delete {
-            return Ok(Vec::new());
+        self.writes(
+            entity,
+            &row.id,
+            row.op,
+            serde_json::to_string(&row.data)?,
+            fields,
+        )
+    }
+
+    /// [`keys`](Plugin::keys) without building the row: the row text (this
+    /// plugin's own compact JSON) is the entity value as it is, and only
+    /// `id`, `key` and `keys` are parsed.
+    fn keys_raw(&self, entity: &str, row: RawRow) -> Result<Vec<CacheWrite>> {
+        if row.op == RowOp::Delete || !row.data.trim_start().starts_with('{') {
+            return self.keys(entity, &row.parse()?);
         }
-        let prefix = format!("schematic:{}:{}:", kind.key_segment(), self.version(entity));
-        let value = serde_json::to_string(&row.data)?;
-        match kind {
-            Kind::Flags => {
-                let Some(key) = non_empty_str(row.data.get("key")) else {
-                    return Err(ctx.field_err("key", "the flag row has no key"));
-                };
-                Ok(vec![CacheWrite::new(
-                    format!("{prefix}{}", key.to_lowercase()),
-                    value,
-                )])
-            }
-            Kind::Companies | Kind::Users => {
-                let id = non_empty_str(row.data.get("id")).unwrap_or(&row.id);
-                if id.is_empty() {
-                    return Err(ctx.field_err("id", "the row has no id"));
-                }
-                let quoted_id = serde_json::to_string(id)?;
-                let mut writes = vec![CacheWrite::new(format!("{prefix}{id}"), value)];
-                match row.data.get("keys") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Object(keys)) => {
-                        for (name, key_value) in keys {
-                            let Some(key_value) = key_value.as_str() else {
-                                return Err(ctx.field_err(
-                                    &format!("keys.{name}"),
-                                    expected("a string", key_value),
-                                ));
-                            };
-                            let key = format!(
-                                "{prefix}{}:{}",
-                                name.to_lowercase(),
-                                key_value.to_lowercase()
-                            );
-                            if !writes.iter().any(|w| w.key == key) {
-                                writes.push(CacheWrite::new(key, quoted_id.clone()));
-                            }
-                        }
-                    }
-                    Some(other) => return Err(ctx.field_err("keys", expected("an object", other))),
-                }
-                Ok(writes)
-            }
+        match serde_json::from_str::<KeyFields>(&row.data) {
+            Ok(fields) => self.writes(entity, &row.id, row.op, row.data, fields),
+            // Let the full parse name the problem.
+            Err(_) => self.keys(entity, &row.parse()?),
         }
     }
 

@@ -243,3 +243,49 @@ fn bulk_flags_shape_and_key_end_to_end() {
         ["schematic:flags:v1:alpha", "schematic:flags:v1:beta-2"]
     );
 }
+
+/// The raw path (row text as the value, only `id`/`key`/`keys` parsed) gives
+/// exactly what the parsed path gives, errors included.
+#[test]
+fn raw_keys_equal_parsed_keys() {
+    use emcachers_plugin_sdk::RawRow;
+
+    let h = harness();
+    let plugin = {
+        let mut p = SchematicPlugin::default();
+        for entity in [FLAGS, COMPANIES, USERS] {
+            p.configure(entity, json!({})).unwrap();
+        }
+        p
+    };
+    let mut rows = vec![
+        shaped_row(
+            &h,
+            FLAGS,
+            Change::upsert(COLLECTION_FLAG, "f", flag_fixture("f", "Mixed-Case", false)),
+        ),
+        shaped_row(
+            &h,
+            COMPANIES,
+            Change::upsert(COLLECTION_COMPANY, "comp_1", company_fixture()),
+        ),
+    ];
+    let mut bad_keys = rows[1].clone();
+    bad_keys.data.insert("keys".into(), json!({"domain": 7}));
+    rows.push(bad_keys);
+    let mut no_id = rows[1].clone();
+    no_id.data.remove("id");
+    no_id.id = String::new();
+    rows.push(no_id);
+    for row in rows {
+        let entity = row.entity.clone();
+        let parsed = plugin.keys(&entity, &row).map_err(|e| e.to_string());
+        let raw = plugin
+            .keys_raw(&entity, RawRow::from(row))
+            .map_err(|e| e.to_string());
+        assert_eq!(raw, parsed);
+    }
+    // Not an object: the full parse names the problem.
+    let raw = plugin.keys_raw(COMPANIES, RawRow::upsert(COMPANIES, "c", "[1]".into()));
+    assert!(raw.is_err());
+}
