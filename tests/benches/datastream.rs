@@ -64,7 +64,8 @@
 //! | `DATASTREAM_BENCH_RATE` | 10000 | offered messages/s of the latency run |
 //! | `DATASTREAM_BENCH_LATENCY_SECS` | 10 | length of the latency run |
 //! | `DATASTREAM_BENCH_SAMPLE_EVERY` | 10 | latency: GET one key in this many notifications |
-//! | `DATASTREAM_BENCH_PERF` | off | `1`: one more saturation run (not counted) under `perf record -p <emcachers>`, then the top of `perf report` by thread, shared object and symbol; `callgraph`: the same with DWARF call graphs, reporting inclusive time per function (slower, a few hundred MB of perf data) (plugin code, JIT-compiled by wasmtime, shows as unnamed addresses: `EMCACHERS_WASM_PROFILER=perfmap` would name it, but `emcachers run` currently rejects that variable as an unknown configuration key) |
+//! | `DATASTREAM_BENCH_PLUGIN` | the built `schematic` plugin | another build of it, e.g. one with its name section kept (`CARGO_PROFILE_PLUGIN_STRIP=false`) so a profile names the plugin's functions |
+//! | `DATASTREAM_BENCH_PERF` | off | `1`: one more saturation run (not counted) under `perf record -p <emcachers>`, then the top of `perf report` by thread, shared object and symbol; `callgraph`: the same with DWARF call graphs, reporting inclusive time per function (slower, a few hundred MB of perf data); emcachers then runs with `EMCACHERS_WASM_PROFILER=perfmap`, so the plugin's JIT-compiled functions have names (wasmtime writes `/tmp/perf-<pid>.map`, left for later `perf report`s) |
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -273,7 +274,14 @@ struct Emcachers {
 }
 
 impl Emcachers {
-    fn start(bin: &Path, plugin: &Path, dir: &Path, api_url: &str, redis_addr: &str) -> Emcachers {
+    fn start(
+        bin: &Path,
+        plugin: &Path,
+        dir: &Path,
+        api_url: &str,
+        redis_addr: &str,
+        perfmap: bool,
+    ) -> Emcachers {
         let plugin_dir = dir.join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
         std::fs::copy(plugin, plugin_dir.join("schematic.wasm")).expect("copy the plugin");
@@ -283,9 +291,14 @@ impl Emcachers {
             .port();
         let log = dir.join("emcachers.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command.env_clear();
+        if perfmap {
+            // wasmtime names the JIT-compiled plugin code in /tmp/perf-<pid>.map.
+            command.env("EMCACHERS_WASM_PROFILER", "perfmap");
+        }
+        let child = command
             .arg("run")
-            .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("SCHEMATIC_API_KEY", API_KEY)
             .env("SCHEMATIC_API_URL", api_url)
@@ -899,7 +912,10 @@ fn main() {
     println!("machine: {}", machine());
     // Build before anything runs: the binary (release) and the plugin.
     let bin = emcachers_bin();
-    let plugin = plugins().schematic.clone();
+    let plugin = match std::env::var_os("DATASTREAM_BENCH_PLUGIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => plugins().schematic.clone(),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -929,8 +945,14 @@ fn main() {
         .prefix("emcachers-datastream-bench-")
         .tempdir()
         .expect("tempdir");
-    let mut emcachers =
-        Emcachers::start(&bin, &plugin, dir.path(), &server.http_url(), &redis.addr());
+    let mut emcachers = Emcachers::start(
+        &bin,
+        &plugin,
+        dir.path(),
+        &server.http_url(),
+        &redis.addr(),
+        knobs.perf != Perf::Off,
+    );
     let ready = emcachers.wait_ready(Duration::from_secs(120));
     let version = ready["cache_version"]
         .as_str()
