@@ -242,20 +242,6 @@ impl std::fmt::Display for Cores {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
-}
-
 fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -909,7 +895,7 @@ fn median(values: &[f64]) -> f64 {
 fn main() {
     let knobs = Knobs::from_env();
     let started = Instant::now();
-    println!("machine: {}", machine());
+    println!("machine: {}", emcachers_tests::machine());
     // Build before anything runs: the binary (release) and the plugin.
     let bin = emcachers_bin();
     let plugin = match std::env::var_os("DATASTREAM_BENCH_PLUGIN") {
@@ -1037,7 +1023,7 @@ fn main() {
     println!();
     println!(
         "summary: {}; emcachers log {} bytes; total {:.0} s",
-        machine(),
+        emcachers_tests::machine(),
         bench.emcachers.log_len(),
         started.elapsed().as_secs_f64()
     );

@@ -564,20 +564,6 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
     vec![apply, rebuild]
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -648,7 +634,7 @@ fn main() {
     println!();
     println!(
         "summary: {}; medians of {APPEND_RUNS} append runs of {} rows and of {REPLICATOR_RUNS} replicator runs of {REPLICATOR_ROWS} rows; total {:.0} s",
-        machine(),
+        emcachers_tests::machine(),
         BATCH * BATCHES_PER_RUN,
         started.elapsed().as_secs_f64()
     );
