@@ -1,4 +1,4 @@
-# emcachers: the host binary plus the built-in plugins.
+# emcachers: one binary; the built-in plugins (shape, schematic) are inside it.
 #   docker build -t emcachers .
 # As a drop-in for Schematic's replicator (same environment, same Redis keys,
 # /health and /ready on 8090):
@@ -10,9 +10,9 @@ FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p emcachers \
- && cargo build --locked --target wasm32-wasip2 --profile plugin \
-      -p emcachers-plugin-shape -p emcachers-plugin-template -p emcachers-plugin-schematic
+# host/build.rs builds plugins/shape and plugins/schematic for wasm32-wasip2
+# and embeds them.
+RUN cargo build --release --locked -p emcachers
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -22,9 +22,7 @@ RUN apt-get update \
  && mkdir -p /data /plugins \
  && chown emcachers /data /plugins
 COPY --from=build /src/target/release/emcachers /usr/local/bin/emcachers
-COPY --from=build /src/target/wasm32-wasip2/plugin/emcachers_plugin_shape.wasm /plugins/shape.wasm
-COPY --from=build /src/target/wasm32-wasip2/plugin/emcachers_plugin_template.wasm /plugins/template.wasm
-COPY --from=build /src/target/wasm32-wasip2/plugin/emcachers_plugin_schematic.wasm /plugins/schematic.wasm
+# /plugins holds user plugins; a file there overrides the built-in of its name.
 ENV EMCACHERS_DATA_DIR=/data \
     EMCACHERS_PLUGINS__DIR=/plugins \
     EMCACHERS_LOG__FORMAT=json

@@ -21,10 +21,13 @@ cd "$(dirname "$0")/.."
 PORT=18081   # the api_url of examples/emcachers.toml
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --release -p emcachers -p emcachers-datastream-server
+# shape and schematic are built into emcachers; the template plugin is a
+# file in the watched plugin directory (a file named like a built-in
+# overrides it).
 mkdir -p data/plugins
-for crate in plugins/shape examples/plugin-template plugins/schematic; do
-  ./target/release/emcachers plugin build "$crate" --out-dir data/plugins --profile plugin
-done
+./target/release/emcachers plugin build examples/plugin-template --out-dir data/plugins --profile plugin
+rm -f data/plugins/emcachers_plugin_shape.wasm data/plugins/emcachers_plugin_schematic.wasm
+./target/release/emcachers plugin list --config examples/emcachers.toml
 
 ./target/release/datastream-dev-server --listen "127.0.0.1:$PORT" \
   --fixtures examples/schematic/fixtures >data/datastream-server.out 2>data/datastream-server.log &

@@ -17,6 +17,22 @@ pub enum EntityError {
     /// The definition is not acceptable.
     #[error("invalid entity: {0}")]
     Invalid(String),
+    /// The name breaks a naming rule (see [`validate_name`]).
+    #[error("invalid entity name {name:?}: {rule}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// The rule it breaks.
+        rule: NameRule,
+    },
+    /// The status is not one a user may ask for (see [`USER_STATUSES`]).
+    #[error("entity status {status:?} cannot be requested: {reason}")]
+    InvalidStatus {
+        /// The status asked for.
+        status: String,
+        /// Why not, and what may be asked for.
+        reason: String,
+    },
     /// No entity has this name.
     #[error("entity {0} does not exist")]
     NotFound(String),
@@ -41,7 +57,7 @@ pub enum EntityError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntitySpec {
-    /// Unique name: letters, digits, `_` and `-`.
+    /// Unique name: letters, digits, `_` and `-`, see [`validate_name`].
     pub name: String,
     /// The source its changes come from.
     pub source: String,
@@ -71,20 +87,115 @@ pub struct RefreshReport {
     pub removed: usize,
 }
 
-/// Validate an entity name: it becomes a directory and a table name.
+/// The longest entity name.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A rule entity names follow. A name becomes a directory
+/// (`dbs/{name}/`), a SQLite table in it, index names (`{name}__{index}`)
+/// and part of metadata and Redis keys, so it must not collide with what the
+/// host or SQLite use themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// Not empty.
+    NotEmpty,
+    /// At most [`MAX_NAME_LEN`] bytes.
+    MaxLength,
+    /// Only ASCII letters, digits, `_` and `-`: no path separators, no
+    /// `.` (so no `..`), no spaces or `:`.
+    Characters,
+    /// Not starting with `-` (it would read as a command-line option).
+    NoLeadingDash,
+    /// Not starting with `sqlite_` in any case: SQLite reserves those table names.
+    NoSqlitePrefix,
+    /// Not starting with `_emcachers` in any case: the host's own tables
+    /// (`_emcachers_meta` in every cache database).
+    NoEmcachersPrefix,
+}
+
+impl std::fmt::Display for NameRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameRule::NotEmpty => f.write_str("a name must not be empty"),
+            NameRule::MaxLength => write!(f, "a name must be at most {MAX_NAME_LEN} characters"),
+            NameRule::Characters => f.write_str(
+                "a name may only hold ASCII letters, digits, '_' and '-' (no path separators, '.' or '..')",
+            ),
+            NameRule::NoLeadingDash => f.write_str("a name must not start with '-'"),
+            NameRule::NoSqlitePrefix => f.write_str(
+                "names starting with 'sqlite_' are reserved (SQLite's internal tables)",
+            ),
+            NameRule::NoEmcachersPrefix => f.write_str(
+                "names starting with '_emcachers' are reserved (emcachers' internal tables)",
+            ),
+        }
+    }
+}
+
+/// Check an entity name against every [`NameRule`]. The entity manager
+/// calls it for every create, update and apply, so the REST API, the
+/// configuration and the CLI share one set of rules (the configuration also
+/// calls it while loading, to name the key).
+///
+/// `replicator` is allowed: the replicator's file is `dbs/replicator.sqlite`
+/// and an entity's directory `dbs/{name}/`; a name cannot hold the `.` that
+/// would make them meet.
 pub fn validate_name(name: &str) -> Result<(), EntityError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !name.starts_with('-');
-    if ok {
-        Ok(())
+    let lower = name.to_ascii_lowercase();
+    let broken = if name.is_empty() {
+        Some(NameRule::NotEmpty)
+    } else if name.len() > MAX_NAME_LEN {
+        Some(NameRule::MaxLength)
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Some(NameRule::Characters)
+    } else if name.starts_with('-') {
+        Some(NameRule::NoLeadingDash)
+    } else if lower.starts_with("sqlite_") {
+        Some(NameRule::NoSqlitePrefix)
+    } else if lower.starts_with("_emcachers") {
+        Some(NameRule::NoEmcachersPrefix)
     } else {
-        Err(EntityError::Invalid(format!(
-            "name {name:?} must be 1-128 characters of letters, digits, '_' and '-'"
-        )))
+        None
+    };
+    match broken {
+        None => Ok(()),
+        Some(rule) => Err(EntityError::InvalidName {
+            name: name.to_owned(),
+            rule,
+        }),
+    }
+}
+
+/// The statuses a user (the REST API, a configuration) may give an entity.
+/// `pending`, `scanning` and `deleting` belong to the host: the initial
+/// load and deletion set them, and setting them by hand would stage rows
+/// forever or stop routing.
+pub const USER_STATUSES: [EntityStatus; 1] = [EntityStatus::Ready];
+
+/// The status a user asked for by name, if a user may ask for it.
+pub fn user_status(text: &str) -> Result<EntityStatus, EntityError> {
+    let allowed = || {
+        USER_STATUSES
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match EntityStatus::parse(text) {
+        Some(status) if USER_STATUSES.contains(&status) => Ok(status),
+        Some(_) => Err(EntityError::InvalidStatus {
+            status: text.to_owned(),
+            reason: format!(
+                "it is set by emcachers itself; a user may ask for: {}",
+                allowed()
+            ),
+        }),
+        None => Err(EntityError::InvalidStatus {
+            status: text.to_owned(),
+            reason: format!("unknown status; a user may ask for: {}", allowed()),
+        }),
     }
 }
 
@@ -169,15 +280,18 @@ impl EntityManager {
         Ok(self.store.entities().await?)
     }
 
-    /// Create an entity. Its plugin checks the configuration first when it is
-    /// loaded; an entity whose plugin is not loaded yet is created and
-    /// configured when the plugin arrives.
+    /// Create an entity with a status a user may ask for ([`USER_STATUSES`]).
+    /// Its plugin checks the configuration first when it is loaded; an
+    /// entity whose plugin is not loaded yet is created and configured when
+    /// the plugin arrives. An error leaves nothing behind: no definition, no
+    /// layout, no plugin assignment.
     pub async fn create(
         &self,
         spec: EntitySpec,
         status: EntityStatus,
     ) -> Result<EntityDef, EntityError> {
         validate_name(&spec.name)?;
+        user_status(status.as_str())?;
         if self.store.entity(&spec.name).await?.is_some() {
             return Err(EntityError::Exists(spec.name));
         }
@@ -205,6 +319,9 @@ impl EntityManager {
         self.put(spec, status, Some(existing)).await
     }
 
+    /// Configure the plugin, then store the definition and its layout in
+    /// one transaction. On error the plugin assignment is undone, so the
+    /// entity is as it was (absent, or its previous definition).
     async fn put(
         &self,
         spec: EntitySpec,
@@ -229,11 +346,48 @@ impl EntityManager {
             created_at: existing.as_ref().map(|e| e.created_at).unwrap_or(now),
             updated_at: now,
         };
-        self.store.put_entity(&def).await?;
-        self.publish_layout(&def.name).await?;
+        let layout_changed = match self.store_with_layout(&def).await {
+            Ok(changed) => changed,
+            Err(error) => {
+                self.undo_configure(&def.name, existing.as_ref()).await;
+                return Err(error);
+            }
+        };
         self.remember(def.clone());
-        tracing::info!(entity = %def.name, plugin = %def.plugin, source = %def.source, collection = %def.collection, status = def.status.as_str(), "entity saved");
+        tracing::info!(entity = %def.name, plugin = %def.plugin, source = %def.source, collection = %def.collection, status = def.status.as_str(), layout_changed, "entity saved");
         Ok(def)
+    }
+
+    /// Store `def` and, when its plugin is loaded, its layout, in one
+    /// transaction. Returns whether the published layout changed.
+    async fn store_with_layout(&self, def: &EntityDef) -> Result<bool, EntityError> {
+        let layout = self.plugin_layout(def).await?;
+        let mut meta = Vec::new();
+        let mut changed = false;
+        if let Some(layout) = &layout {
+            // An unreadable stored layout is replaced: storing is the repair.
+            let published = EntityLayout::load(self.store.as_ref(), &def.name)
+                .await
+                .ok()
+                .flatten();
+            changed = published.as_ref() != Some(layout);
+            meta.push((EntityLayout::key(&def.name), layout.to_value()?));
+        }
+        self.store.put_entity_with_meta(def, &meta).await?;
+        Ok(changed)
+    }
+
+    /// Give the plugin back the configuration it had before a failed put:
+    /// none for a new entity, the previous one otherwise.
+    async fn undo_configure(&self, name: &str, previous: Option<&EntityDef>) {
+        match previous {
+            None => self.registry.unassign(name),
+            Some(old) => {
+                if let Err(error) = self.configure(name, &old.plugin, &old.config).await {
+                    tracing::error!(entity = name, %error, "cannot restore the previous plugin configuration; a hard refresh restores it");
+                }
+            }
+        }
     }
 
     async fn configure(
@@ -250,13 +404,13 @@ impl EntityManager {
         Ok(())
     }
 
-    /// Publish the entity's cache layout (plugin version and table) when its
-    /// plugin is loaded; returns whether the published layout changed.
-    pub async fn publish_layout(&self, entity: &str) -> Result<bool, EntityError> {
-        let Some(plugin) = self.registry.for_entity(entity) else {
-            return Ok(false);
+    /// The layout the plugin serving `def` reports (its version and table,
+    /// for this life of the entity), when that plugin is loaded.
+    async fn plugin_layout(&self, def: &EntityDef) -> Result<Option<EntityLayout>, EntityError> {
+        let Some(plugin) = self.registry.for_entity(&def.name) else {
+            return Ok(None);
         };
-        let name = entity.to_owned();
+        let name = def.name.clone();
         let layout = tokio::task::spawn_blocking(move || -> Result<EntityLayout, PluginError> {
             Ok(EntityLayout::from_plugin(
                 plugin.entity_version(&name)?,
@@ -265,9 +419,23 @@ impl EntityManager {
         })
         .await
         .map_err(|e| EntityError::Worker(e.to_string()))??;
-        let changed = layout.publish(self.store.as_ref(), entity).await?;
+        Ok(Some(layout.with_generation(def.created_at)))
+    }
+
+    /// Publish the entity's cache layout (plugin version and table) when its
+    /// plugin is loaded; returns whether the published layout changed.
+    pub async fn publish_layout(&self, entity: &str) -> Result<bool, EntityError> {
+        let def = self.get(entity).await?;
+        self.publish_layout_of(&def).await
+    }
+
+    async fn publish_layout_of(&self, def: &EntityDef) -> Result<bool, EntityError> {
+        let Some(layout) = self.plugin_layout(def).await? else {
+            return Ok(false);
+        };
+        let changed = layout.publish(self.store.as_ref(), &def.name).await?;
         if changed {
-            tracing::info!(entity, version = %layout.version, "entity cache layout published");
+            tracing::info!(entity = %def.name, version = %layout.version, generation = layout.generation, "entity cache layout published");
         }
         Ok(changed)
     }
@@ -284,7 +452,10 @@ impl EntityManager {
     }
 
     /// Delete an entity: mark it deleting (sources stop routing to it),
-    /// remove its cache directory, then its data and definition.
+    /// remove its cache directory, then its data, definition and metadata
+    /// (layout, load start) in one store transaction. A failure leaves it
+    /// `deleting`; deleting again finishes the job. The name can be used
+    /// again afterwards.
     pub async fn delete(&self, name: &str) -> Result<(), EntityError> {
         if !self
             .store
@@ -300,9 +471,6 @@ impl EntityManager {
         }
         self.remove_local(name)?;
         self.store.delete_entity(name).await?;
-        self.store
-            .meta_set(&format!("layout:{name}"), &serde_json::Value::Null)
-            .await?;
         self.forget(name);
         tracing::info!(entity = name, "entity deleted");
         Ok(())
@@ -351,7 +519,7 @@ impl EntityManager {
                     }
                 }
             }
-            match self.publish_layout(&def.name).await {
+            match self.publish_layout_of(def).await {
                 Ok(true) => report.layouts_changed += 1,
                 Ok(false) => {}
                 Err(error) => {
@@ -384,7 +552,58 @@ pub fn collection_matches(field: &str, collection: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::collection_matches;
+    use super::{EntityError, NameRule, collection_matches, user_status, validate_name};
+    use crate::oplog::EntityStatus;
+
+    fn rule(name: &str) -> Option<NameRule> {
+        match validate_name(name) {
+            Ok(()) => None,
+            Err(EntityError::InvalidName { rule, .. }) => Some(rule),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn names_that_collide_with_internal_files_or_tables_are_refused() {
+        assert_eq!(rule("users"), None);
+        assert_eq!(rule("user_events-2"), None);
+        assert_eq!(
+            rule("replicator"),
+            None,
+            "dbs/replicator/ and dbs/replicator.sqlite differ"
+        );
+        assert_eq!(rule("my_sqlite_table"), None);
+        assert_eq!(rule(""), Some(NameRule::NotEmpty));
+        assert_eq!(rule(&"a".repeat(128)), None);
+        assert_eq!(rule(&"a".repeat(129)), Some(NameRule::MaxLength));
+        for bad in ["..", "../etc", "a/b", "a\\b", "a.b", "a b", "a:b", "é"] {
+            assert_eq!(rule(bad), Some(NameRule::Characters), "{bad}");
+        }
+        assert_eq!(rule("-users"), Some(NameRule::NoLeadingDash));
+        assert_eq!(rule("sqlite_master"), Some(NameRule::NoSqlitePrefix));
+        assert_eq!(rule("SQLite_x"), Some(NameRule::NoSqlitePrefix));
+        assert_eq!(rule("_emcachers_meta"), Some(NameRule::NoEmcachersPrefix));
+        assert_eq!(rule("_EMCACHERS"), Some(NameRule::NoEmcachersPrefix));
+        let message = validate_name("sqlite_x").unwrap_err().to_string();
+        assert!(
+            message.contains("sqlite_x") && message.contains("reserved"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn only_user_statuses_may_be_requested() {
+        assert_eq!(user_status("ready").ok(), Some(EntityStatus::Ready));
+        for internal in ["pending", "scanning", "deleting"] {
+            let error = user_status(internal).unwrap_err().to_string();
+            assert!(
+                error.contains("set by emcachers") && error.contains("ready"),
+                "{error}"
+            );
+        }
+        let error = user_status("bogus").unwrap_err().to_string();
+        assert!(error.contains("unknown status"), "{error}");
+    }
 
     #[test]
     fn collections_match_by_name_list_or_wildcard() {

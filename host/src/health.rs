@@ -1,7 +1,14 @@
 //! The health endpoints, on their own port (Schematic's `HEALTH_PORT`,
 //! default 8090), as spec §6 defines them:
 //!
-//! - `GET /health`: 200 while the process lives.
+//! - `GET /health`: 200 while the process lives. The body is `/ready`'s with
+//!   `"status": "healthy"`, plus `"tasks"` (each background task's and
+//!   job's [`TaskState`], by name: `running`, `restarting` with its restart
+//!   count, last failure and wait, `failing`, `finished`, `stopped`) and
+//!   `"degraded"` (the names of the tasks waiting to restart and of the jobs
+//!   whose last run failed; empty when all is well). A degraded task does not
+//!   turn `/health` into an error: the process still serves, and the
+//!   supervisor restarts it; monitoring reads `degraded`.
 //! - `GET /ready`: 200 only once the cache is warm: every datastream source
 //!   is connected, its initial load (or, after a reconnect, everything up
 //!   to the reconnect) is committed to the oplog, and the cache writer has
@@ -9,8 +16,9 @@
 //!   either way: `{"status", "ready", "connected", "components": {"redis",
 //!   "datastream"}, "cache_version", "timestamp"}`, plus `"error"` when a
 //!   source's API key was rejected (close code 4001).
-//! - `GET /debug`: every counter as JSON.
-//! - `GET /metrics`: the same counters in Prometheus' text format.
+//! - `GET /debug`: every counter as JSON, and the task states.
+//! - `GET /metrics`: the same counters in Prometheus' text format
+//!   (`emcachers_tasks_degraded`, `emcachers_task_restarts_total`).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +32,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::redis::RedisWriterStatus;
+use crate::jobs::{TaskState, TaskStates};
 use crate::oplog::OplogStore;
 use crate::plugin::PluginRegistry;
 use crate::sources::datastream::DatastreamStatus;
@@ -36,6 +45,11 @@ pub trait CacheWriterProbe: Send + Sync {
     fn connected(&self) -> bool;
     /// The last oplog id it applied.
     fn applied_offset(&self) -> i64;
+    /// Whether every entity it should write is being written (none waits
+    /// for a plugin or a cache version). Default: yes.
+    fn complete(&self) -> bool {
+        true
+    }
     /// The cache version it writes `entity` under, once known.
     fn version(&self, entity: &str) -> Option<String>;
     /// Its counters, for `/debug`.
@@ -55,6 +69,10 @@ impl CacheWriterProbe for RedisWriterStatus {
 
     fn applied_offset(&self) -> i64 {
         RedisWriterStatus::applied_offset(self)
+    }
+
+    fn complete(&self) -> bool {
+        self.waiting_entities().is_empty()
     }
 
     fn version(&self, entity: &str) -> Option<String> {
@@ -100,8 +118,18 @@ impl CacheWriterProbe for RedisWriterStatus {
             ),
             (
                 "emcachers_redis_rows_skipped_total",
-                "Rows skipped (item errors, no plugin).",
+                "Rows of entities waiting for a plugin or a cache version (rebuilt once they have one).",
                 s.rows_skipped as f64,
+            ),
+            (
+                "emcachers_redis_rows_dead_lettered_total",
+                "Rows the writer could not apply, kept as rejected records (source cache-writer:redis).",
+                s.rows_dead_lettered as f64,
+            ),
+            (
+                "emcachers_redis_waiting_entities",
+                "In-scope entities waiting for a plugin or a cache version.",
+                s.waiting_entities.len() as f64,
             ),
             (
                 "emcachers_redis_errors_total",
@@ -114,6 +142,58 @@ impl CacheWriterProbe for RedisWriterStatus {
                 s.cleanup_removed as f64,
             ),
         ]
+    }
+}
+
+/// A writer probe that can be replaced while the endpoints serve, for a
+/// writer that is reopened (restarted) with a new status.
+pub struct ProbeSlot(std::sync::RwLock<Arc<dyn CacheWriterProbe>>);
+
+impl ProbeSlot {
+    /// A slot holding `probe`.
+    pub fn new(probe: Arc<dyn CacheWriterProbe>) -> ProbeSlot {
+        ProbeSlot(std::sync::RwLock::new(probe))
+    }
+
+    /// Answer with `probe` from now on.
+    pub fn set(&self, probe: Arc<dyn CacheWriterProbe>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = probe;
+    }
+
+    fn current(&self) -> Arc<dyn CacheWriterProbe> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl CacheWriterProbe for ProbeSlot {
+    fn component(&self) -> &'static str {
+        self.current().component()
+    }
+
+    fn connected(&self) -> bool {
+        self.current().connected()
+    }
+
+    fn applied_offset(&self) -> i64 {
+        self.current().applied_offset()
+    }
+
+    fn version(&self, entity: &str) -> Option<String> {
+        self.current().version(entity)
+    }
+
+    fn debug(&self) -> Value {
+        self.current().debug()
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {
+        self.current().metrics()
     }
 }
 
@@ -132,6 +212,8 @@ pub struct HealthState {
     pub version_entity: String,
     /// When the process started.
     pub started: Instant,
+    /// The states of the background tasks and jobs.
+    pub tasks: TaskStates,
 }
 
 /// The readiness of the node.
@@ -155,6 +237,7 @@ impl HealthState {
     /// The readiness now.
     pub fn readiness(&self) -> Readiness {
         let writer_connected = self.writer.as_ref().is_none_or(|w| w.connected());
+        let writer_complete = self.writer.as_ref().is_none_or(|w| w.complete());
         let applied = self.writer.as_ref().map(|w| w.applied_offset());
         let connected = self.datastreams.iter().all(|d| d.connected());
         let landed = self.datastreams.iter().all(|d| {
@@ -164,7 +247,7 @@ impl HealthState {
         });
         let datastream = if !connected {
             "disconnected"
-        } else if landed && writer_connected {
+        } else if landed && writer_connected && writer_complete {
             "ready"
         } else {
             "connected_loading"
@@ -175,7 +258,7 @@ impl HealthState {
             .find(|d| d.unauthorized())
             .map(|_| "the datastream rejected the API key (close code 4001)".to_owned());
         Readiness {
-            ready: connected && landed && writer_connected,
+            ready: connected && landed && writer_connected && writer_complete,
             connected,
             writer: if writer_connected {
                 "connected"
@@ -242,13 +325,32 @@ fn body(state: &HealthState, readiness: &Readiness) -> Value {
     body
 }
 
-async fn health(State(state): State<Arc<HealthState>>) -> Response {
-    let readiness = state.readiness();
-    let mut body = body(&state, &readiness);
+/// The `/health` body: `/ready`'s, `"status": "healthy"`, `"tasks"` and
+/// `"degraded"`.
+fn health_body(state: &HealthState, readiness: &Readiness) -> Value {
+    let mut body = body(state, readiness);
+    let tasks = state.tasks.snapshot();
+    let degraded: Vec<&String> = tasks
+        .iter()
+        .filter(|(_, task)| task.degraded())
+        .map(|(name, _)| name)
+        .collect();
+    let degraded = json!(degraded);
     if let Some(map) = body.as_object_mut() {
         map.insert("status".into(), Value::String("healthy".into()));
+        map.insert("degraded".into(), degraded);
+        map.insert("tasks".into(), tasks_json(&tasks));
     }
-    (StatusCode::OK, axum::Json(body)).into_response()
+    body
+}
+
+fn tasks_json(tasks: &std::collections::BTreeMap<String, TaskState>) -> Value {
+    serde_json::to_value(tasks).unwrap_or(Value::Null)
+}
+
+async fn health(State(state): State<Arc<HealthState>>) -> Response {
+    let readiness = state.readiness();
+    (StatusCode::OK, axum::Json(health_body(&state, &readiness))).into_response()
 }
 
 async fn ready(State(state): State<Arc<HealthState>>) -> Response {
@@ -271,6 +373,7 @@ async fn debug(State(state): State<Arc<HealthState>>) -> Response {
         "oplog": { "backend": state.store.backend(), "head": head },
         "datastreams": state.datastreams.iter().map(|d| d.snapshot()).collect::<Vec<_>>(),
         "writer": state.writer.as_ref().map(|w| w.debug()),
+        "tasks": tasks_json(&state.tasks.snapshot()),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
@@ -322,6 +425,19 @@ async fn metrics(State(state): State<Arc<HealthState>>) -> Response {
             }
         }
     }
+    let tasks = state.tasks.snapshot();
+    gauge(
+        "emcachers_tasks_degraded",
+        "Background tasks waiting to restart plus jobs whose last run failed.",
+        "gauge",
+        tasks.values().filter(|t| t.degraded()).count() as f64,
+    );
+    gauge(
+        "emcachers_task_restarts_total",
+        "Restarts of supervised background tasks.",
+        "counter",
+        tasks.values().map(|t| t.restarts as f64).sum(),
+    );
     if let Some(writer) = &state.writer {
         for (name, help, value) in writer.metrics() {
             gauge(name, help, "gauge", value);
@@ -365,6 +481,53 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn health_shows_task_states_and_degraded_tasks() {
+        use crate::jobs::JobServer;
+        use crate::oplog::SqliteStore;
+        use crate::plugin::{PluginEngine, SandboxConfig};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("oplog.sqlite")).expect("store");
+        let engine = PluginEngine::new(SandboxConfig::default()).expect("engine");
+        let jobs = JobServer::new();
+        jobs.spawn("steady", |cancel: CancellationToken| async move {
+            cancel.cancelled().await;
+        });
+        async fn explode() {
+            panic!("flaky broke");
+        }
+        jobs.spawn("flaky", |_cancel: CancellationToken| explode());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let state = HealthState {
+            datastreams: Vec::new(),
+            writer: None,
+            store: Arc::new(store),
+            registry: Arc::new(PluginRegistry::new(engine)),
+            version_entity: String::new(),
+            started: Instant::now(),
+            tasks: jobs.states(),
+        };
+        let body = health_body(&state, &state.readiness());
+        assert_eq!(body["status"], "healthy");
+        assert!(body["components"].is_object() && body["timestamp"].is_string());
+        assert_eq!(body["degraded"], json!(["flaky"]));
+        assert_eq!(
+            body["tasks"]["steady"],
+            json!({"kind": "task", "state": "running", "restarts": 0, "failures": 0})
+        );
+        let flaky = &body["tasks"]["flaky"];
+        assert_eq!(flaky["state"], "restarting");
+        assert_eq!(flaky["restarts"], 1);
+        assert_eq!(flaky["failures"], 2);
+        assert_eq!(flaky["last_failure"], "panicked: flaky broke");
+        assert_eq!(flaky["retry_in_ms"], 2000);
+        assert!(jobs.shutdown(Duration::from_secs(1)).await);
+        let body = health_body(&state, &state.readiness());
+        assert_eq!(body["degraded"], json!([]));
+        assert_eq!(body["tasks"]["flaky"]["state"], "stopped");
+    }
 
     #[test]
     fn formats_rfc3339() {

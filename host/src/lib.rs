@@ -9,7 +9,8 @@
 //! - [`oplog`] — the oplog store (embedded SQLite or PostgreSQL).
 //! - [`cache`] — cache writers (per-entity SQLite).
 //! - [`entities`] — the entity manager.
-//! - [`jobs`] — the job server.
+//! - [`datadir`] — the data directory lock (one process per directory).
+//! - [`jobs`] — the job server (supervised tasks, interval jobs).
 //! - [`node`] — the wiring of one process.
 //! - [`config`] — the configuration file and environment.
 //! - [`telemetry`] — logging.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod breaker;
 pub mod cache;
 pub mod config;
+pub mod datadir;
 pub mod entities;
 pub mod health;
 pub mod ingest;

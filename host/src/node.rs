@@ -7,13 +7,14 @@ use std::time::Duration;
 use crate::api;
 use crate::cache::redis::{MemoryTarget, RedisWriter, RedisWriterError};
 use crate::cache::{
-    CacheDbManager, ReplicatorConfig, ReplicatorError, SqliteReplicator, StepReport,
+    CacheDbError, CacheDbManager, ReplicatorConfig, ReplicatorError, SqliteReplicator, StepReport,
 };
 use crate::config::{Config, SourceConfig};
+use crate::datadir::{DataDirError, DataDirLock};
 use crate::entities::{EntityError, EntityManager, EntitySpec};
-use crate::health::{CacheWriterProbe, HealthState};
+use crate::health::{CacheWriterProbe, HealthState, ProbeSlot};
 use crate::ingest::{IngestReport, Pipeline, PipelineError, run_source};
-use crate::jobs::JobServer;
+use crate::jobs::{JobServer, TaskExit};
 use crate::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore, StoreError};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginWatcher, WatchError};
 use crate::sources::Source;
@@ -23,6 +24,9 @@ use crate::sources::jsonl::JsonlFileSource;
 /// Why the node could not start or a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The data directory is locked by another process, or cannot be locked.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -68,6 +72,9 @@ pub enum NodeError {
     /// A blocking task failed.
     #[error("worker failed: {0}")]
     Worker(String),
+    /// The cache directory cannot be opened.
+    #[error(transparent)]
+    CacheDb(#[from] CacheDbError),
     /// The Redis writer is misconfigured.
     #[error(transparent)]
     RedisWriter(#[from] RedisWriterError),
@@ -111,6 +118,8 @@ pub struct Node {
     health_addr: Option<std::net::SocketAddr>,
     writer: Option<Arc<dyn CacheWriterProbe>>,
     memory: Option<Arc<MemoryTarget>>,
+    /// Held while the node lives; the last field, so it is released last.
+    _data_dir_lock: DataDirLock,
 }
 
 fn create_dir(path: &std::path::Path) -> Result<(), NodeError> {
@@ -140,27 +149,41 @@ impl Node {
     /// configuration and refresh the rest from the store.
     pub async fn open(config: Config) -> Result<Node, NodeError> {
         create_dir(&config.data_dir)?;
+        let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         create_dir(&config.plugins.dir)?;
         let store = open_store(&config).await?;
         tracing::info!(backend = store.backend(), "oplog store open");
         let registry = Arc::new(PluginRegistry::new(PluginEngine::new(config.sandbox())?));
         let dir = config.plugins.dir.clone();
         let loader = registry.clone();
-        let failed = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
-            .await
-            .map_err(|e| NodeError::Worker(e.to_string()))?;
+        let builtins = config.plugins.builtins;
+        let failed = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            if builtins {
+                failed.extend(
+                    loader
+                        .load_builtins(crate::plugin::BUILTINS)
+                        .into_iter()
+                        .map(|(label, error)| (std::path::PathBuf::from(label), error)),
+                );
+            }
+            failed.extend(loader.load_dir(&dir));
+            failed
+        })
+        .await
+        .map_err(|e| NodeError::Worker(e.to_string()))?;
         let loaded = registry.plugins();
         tracing::info!(
             dir = %config.plugins.dir.display(),
             loaded = loaded.len(),
             failed = failed.len(),
-            plugins = %loaded.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>().join(","),
+            plugins = %loaded.iter().map(|p| format!("{}@{} ({})", p.name, p.version, p.origin)).collect::<Vec<_>>().join(", "),
             "plugins loaded"
         );
-        let dbs = CacheDbManager::new(
+        let dbs = CacheDbManager::open(
             config.cache_dir(),
             Duration::from_secs(config.cache.idle_close_secs),
-        );
+        )?;
         let entities = Arc::new(EntityManager::new(
             store.clone(),
             registry.clone(),
@@ -198,7 +221,7 @@ impl Node {
                         plugin: entity.plugin.clone(),
                         entity: entity.name.clone(),
                         dir: config.plugins.dir.clone(),
-                        hint: "build it with `bash tests/build-plugins.sh` and copy target/wasm32-wasip2/plugin/emcachers_plugin_schematic.wasm there (the Docker image ships it)",
+                        hint: "it is built into emcachers: enable the built-in plugins (`plugins.builtins = true`, the default) or put a schematic plugin file there",
                     });
                 }
             }
@@ -224,6 +247,7 @@ impl Node {
             health_addr: None,
             writer: None,
             memory: None,
+            _data_dir_lock: data_dir_lock,
         })
     }
 
@@ -256,22 +280,7 @@ impl Node {
         self.config
             .sources
             .iter()
-            .map(|source| -> Result<Box<dyn Source>, NodeError> {
-                Ok(match source {
-                    SourceConfig::Jsonl(config) => {
-                        Box::new(JsonlFileSource::new(&config.name, &config.path, batch))
-                    }
-                    SourceConfig::Schematic(config) => {
-                        let status = self
-                            .datastreams
-                            .iter()
-                            .find(|(name, _)| name == &config.name)
-                            .map(|(_, status)| status.clone())
-                            .unwrap_or_default();
-                        Box::new(DatastreamSource::new(config.clone(), status)?)
-                    }
-                })
-            })
+            .map(|source| build_source(source, batch, &self.datastreams))
             .collect()
     }
 
@@ -307,6 +316,7 @@ impl Node {
             registry: self.registry.clone(),
             version_entity: self.version_entity(),
             started: std::time::Instant::now(),
+            tasks: self.jobs.states(),
         }
     }
 
@@ -350,6 +360,7 @@ impl Node {
                     source,
                 })?;
             self.api_addr = listener.local_addr().ok();
+            let listener = shared_listener(listener, &addr)?;
             let router = api::router(api::ApiState {
                 store: self.store.clone(),
                 entities: self.entities.clone(),
@@ -358,9 +369,16 @@ impl Node {
                 dbs: self.config.cache.enabled.then(|| self.dbs.clone()),
                 memory: self.memory.clone(),
             });
-            self.jobs.spawn("api", move |cancel| async move {
-                if let Err(error) = api::serve(listener, router, cancel).await {
-                    tracing::error!(%error, "REST API stopped");
+            self.jobs.spawn("api", move |cancel| {
+                let (listener, router) = (listener.try_clone(), router.clone());
+                async move {
+                    let served = match listener.and_then(tokio::net::TcpListener::from_std) {
+                        Ok(listener) => api::serve(listener, router, cancel).await,
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = served {
+                        tracing::error!(%error, "REST API stopped");
+                    }
                 }
             });
         }
@@ -370,33 +388,65 @@ impl Node {
                 &self.config.plugins.dir,
             )?);
         }
-        for source in self.configured_sources()? {
+        let sources = self.config.sources.clone();
+        for (config, source) in sources.into_iter().zip(self.configured_sources()?) {
             let (pipeline, store) = (self.pipeline.clone(), self.store.clone());
             let capacity = self.config.oplog.queue_batches.unwrap_or(4);
-            self.jobs.spawn("source", move |cancel| async move {
-                let name = source.name().to_owned();
-                match run_source(source, pipeline, store, capacity, cancel).await {
-                    Ok(report) => tracing::info!(source = %name, batches = report.batches, changes = report.changes,
-                        appended = report.appended, rejected = report.rejected, unrouted = report.unrouted, "source finished"),
-                    Err(error) => tracing::error!(source = %name, %error, "source stopped"),
-                }
-            });
+            let batch = self.config.oplog.batch_size.unwrap_or(1000);
+            let datastreams = self.datastreams.clone();
+            let first = FirstRun::new(source);
+            self.jobs
+                .spawn(format!("source:{}", config.name()), move |cancel| {
+                    let source = first
+                        .take()
+                        .map_or_else(|| build_source(&config, batch, &datastreams), Ok);
+                    let (pipeline, store) = (pipeline.clone(), store.clone());
+                    source_task(source, pipeline, store, capacity, cancel)
+                });
         }
         if self.config.health.enabled {
             let listener = Self::bind(&self.config.health.listen).await?;
             self.health_addr = listener.local_addr().ok();
+            let listener = shared_listener(listener, &self.config.health.listen)?;
             let router = crate::health::router(self.health_state());
             tracing::info!(addr = ?self.health_addr, "health endpoints listening");
-            self.jobs.spawn("health", move |cancel| async move {
-                if let Err(error) = crate::health::serve(listener, router, cancel).await {
-                    tracing::error!(%error, "health endpoints stopped");
+            self.jobs.spawn("health", move |cancel| {
+                let (listener, router) = (listener.try_clone(), router.clone());
+                async move {
+                    let served = match listener.and_then(tokio::net::TcpListener::from_std) {
+                        Ok(listener) => crate::health::serve(listener, router, cancel).await,
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = served {
+                        tracing::error!(%error, "health endpoints stopped");
+                    }
                 }
             });
         }
         if self.config.cache.enabled {
-            let replicator = self.replicator().await?;
-            self.jobs
-                .spawn("replicator", move |cancel| replicator.run(cancel));
+            // Opened here so a failure fails `start`; a restart reopens it.
+            let first = FirstRun::new(self.replicator().await?);
+            let (store, dbs) = (self.store.clone(), self.dbs.clone());
+            let config = self.replicator_config();
+            self.jobs.spawn("replicator", move |cancel| {
+                let first = first.take();
+                let (store, dbs, config) = (store.clone(), dbs.clone(), config.clone());
+                async move {
+                    let replicator = match first {
+                        Some(replicator) => replicator,
+                        None => match SqliteReplicator::open(store, dbs, config).await {
+                            Ok(replicator) => replicator,
+                            Err(error) => {
+                                return TaskExit::Failed(format!(
+                                    "cannot reopen the replicator: {error}"
+                                ));
+                            }
+                        },
+                    };
+                    replicator.run(cancel).await;
+                    TaskExit::from(())
+                }
+            });
             let dbs = self.dbs.clone();
             self.jobs.every(
                 "close-idle-caches",
@@ -431,11 +481,43 @@ impl Node {
         let Some(config) = self.config.redis.clone() else {
             return Ok(());
         };
-        let writer = RedisWriter::open(self.store.clone(), self.registry.clone(), config).await?;
-        self.writer = Some(writer.status() as Arc<dyn CacheWriterProbe>);
+        let writer =
+            RedisWriter::open(self.store.clone(), self.registry.clone(), config.clone()).await?;
+        // A restart reopens the writer, with a new status: `/ready` reads
+        // whichever is current through the slot.
+        let probe = Arc::new(ProbeSlot::new(writer.status()));
+        self.writer = Some(probe.clone() as Arc<dyn CacheWriterProbe>);
         self.memory = writer.memory();
-        self.jobs
-            .spawn("redis-writer", move |cancel| writer.run(cancel));
+        let first = FirstRun::new(writer);
+        let (store, registry) = (self.store.clone(), self.registry.clone());
+        self.jobs.spawn("redis-writer", move |cancel| {
+            let first = first.take();
+            let (store, registry, config) = (store.clone(), registry.clone(), config.clone());
+            let probe = probe.clone();
+            async move {
+                let writer = match first {
+                    Some(writer) => writer,
+                    None => match RedisWriter::open(store, registry, config).await {
+                        Ok(writer) => {
+                            probe.set(writer.status());
+                            if writer.memory().is_some() {
+                                tracing::warn!(
+                                    "the restarted redis writer fills a new in-memory target; the API keeps the one it started with"
+                                );
+                            }
+                            writer
+                        }
+                        Err(error) => {
+                            return TaskExit::Failed(format!(
+                                "cannot reopen the redis writer: {error}"
+                            ));
+                        }
+                    },
+                };
+                writer.run(cancel).await;
+                TaskExit::from(())
+            }
+        });
         Ok(())
     }
 
@@ -449,6 +531,84 @@ impl Node {
         self.watcher = None;
         if !self.jobs.shutdown(grace).await {
             tracing::warn!("some jobs did not stop in time");
+        }
+    }
+}
+
+/// A value built before a task starts (so a failure to build it fails
+/// [`Node::start`]), handed to the task's first run; restarts build their own.
+struct FirstRun<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> FirstRun<T> {
+    fn new(value: T) -> Self {
+        FirstRun(std::sync::Mutex::new(Some(value)))
+    }
+
+    fn take(&self) -> Option<T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// The bound socket of a server task, kept for the node's lifetime: every run
+/// (restarts included) serves a clone of it, so the port never changes and
+/// is never free for another process in between.
+fn shared_listener(
+    listener: tokio::net::TcpListener,
+    addr: &str,
+) -> Result<std::net::TcpListener, NodeError> {
+    listener.into_std().map_err(|source| NodeError::Listen {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// Build the source `config` describes.
+fn build_source(
+    config: &SourceConfig,
+    batch: usize,
+    datastreams: &[(String, Arc<DatastreamStatus>)],
+) -> Result<Box<dyn Source>, NodeError> {
+    Ok(match config {
+        SourceConfig::Jsonl(config) => {
+            Box::new(JsonlFileSource::new(&config.name, &config.path, batch))
+        }
+        SourceConfig::Schematic(config) => {
+            let status = datastreams
+                .iter()
+                .find(|(name, _)| name == &config.name)
+                .map(|(_, status)| status.clone())
+                .unwrap_or_default();
+            Box::new(DatastreamSource::new(config.clone(), status)?)
+        }
+    })
+}
+
+/// One run of a source task: ingest until the source ends (finished: a
+/// file read to its end, or shutdown) or fails (restarted).
+async fn source_task(
+    source: Result<Box<dyn Source>, NodeError>,
+    pipeline: Arc<Pipeline>,
+    store: Arc<dyn OplogStore>,
+    capacity: usize,
+    cancel: tokio_util::sync::CancellationToken,
+) -> TaskExit {
+    let source = match source {
+        Ok(source) => source,
+        Err(error) => return TaskExit::Failed(format!("cannot build the source: {error}")),
+    };
+    let name = source.name().to_owned();
+    match run_source(source, pipeline, store, capacity, cancel).await {
+        Ok(report) => {
+            tracing::info!(source = %name, batches = report.batches, changes = report.changes,
+                appended = report.appended, rejected = report.rejected, unrouted = report.unrouted, "source finished");
+            TaskExit::Finished
+        }
+        Err(error) => {
+            tracing::error!(source = %name, %error, "source stopped");
+            TaskExit::Failed(error.to_string())
         }
     }
 }

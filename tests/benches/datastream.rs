@@ -459,7 +459,9 @@ impl Bench {
             .arg(OFFSET_KEY)
             .query(&mut self.conn)
             .expect("GET the writer offset");
-        value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        value
+            .and_then(|v| emcachers::cache::Offset::parse(&v))
+            .map_or(0, |o| o.id)
     }
 
     fn flood(&self, count: u64, rate_per_sec: u64) {

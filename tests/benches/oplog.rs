@@ -148,6 +148,7 @@ fn layout() -> EntityLayout {
             ],
             indexes: Vec::new(),
         },
+        generation: 0,
     }
 }
 

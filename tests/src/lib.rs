@@ -22,6 +22,13 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// A compiled-plugin cache shared by the `emcachers` processes tests start
+/// (`[plugins] cache_dir`), so each does not compile the built-in plugins
+/// again.
+pub fn plugin_cache_dir() -> PathBuf {
+    target_dir().join("test-plugin-cache")
+}
+
 /// The guest plugins the tests use, built for wasm32-wasip2.
 #[derive(Debug, Clone)]
 pub struct Plugins {

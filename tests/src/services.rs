@@ -4,6 +4,9 @@
 //! The servers are the distribution's binaries (`apt-get install postgresql
 //! redis-server`, which `tests/run-all.sh` does); nothing here talks to a
 //! system-wide service. Every server lives in its own temporary directory.
+//! A Redis can require a password and listen with TLS too
+//! ([`RedisServer::start_with_options`]), with certificates that
+//! [`TestCertificates`] makes with the `openssl` command.
 //!
 //! # Cleanup, even when the test process dies
 //!
@@ -601,7 +604,14 @@ struct RedisProcess {
 
 impl RedisProcess {
     /// Start `redis-server` on `port` in `dir` and wait until it answers.
-    fn launch(dir: &Path, log: &Path, port: u16, extra: &[String]) -> Result<RedisProcess, String> {
+    /// `auth` is the `requirepass` password, for the readiness probe.
+    fn launch(
+        dir: &Path,
+        log: &Path,
+        port: u16,
+        extra: &[String],
+        auth: Option<&str>,
+    ) -> Result<RedisProcess, String> {
         let server = required("redis-server");
         let cli = required("redis-cli");
         let log_file = OpenOptions::new()
@@ -646,10 +656,12 @@ impl RedisProcess {
                 process.watchdog.disarm();
                 return Err(format!("redis-server on port {port} exited: {status}"));
             }
-            let info = run(
-                Command::new(&cli).args(["-p", &port_arg, "info", "server"]),
-                PROBE_TIMEOUT,
-            );
+            let mut probe = Command::new(&cli);
+            probe.args(["-p", &port_arg, "info", "server"]);
+            if let Some(password) = auth {
+                probe.env("REDISCLI_AUTH", password);
+            }
+            let info = run(&mut probe, PROBE_TIMEOUT);
             if info.is_ok_and(|o| {
                 String::from_utf8_lossy(&o.stdout)
                     .lines()
@@ -687,7 +699,132 @@ pub struct RedisServer {
     log: PathBuf,
     port: u16,
     extra: Vec<String>,
+    /// `requirepass`, when set.
+    password: Option<String>,
+    /// The TLS port, when TLS is on.
+    tls_port: Option<u16>,
     process: Mutex<Option<RedisProcess>>,
+}
+
+/// A certificate authority and a server certificate for `127.0.0.1` and
+/// `localhost` signed by it (P-256 keys, valid for two days), made with the
+/// `openssl` command in a temporary directory that is removed on drop.
+#[derive(Debug)]
+pub struct TestCertificates {
+    dir: TempDir,
+}
+
+impl TestCertificates {
+    /// Make a fresh CA and server certificate.
+    ///
+    /// # Panics
+    ///
+    /// When `openssl` is missing or fails.
+    pub fn generate() -> TestCertificates {
+        let openssl = which("openssl")
+            .unwrap_or_else(|| panic!("`openssl` not found on PATH (apt-get install openssl)"));
+        let dir = tempfile::Builder::new()
+            .prefix("emcachers-tls-")
+            .tempdir()
+            .expect("create a temporary directory for certificates");
+        fs::write(
+            dir.path().join("server.ext"),
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = serverAuth\n\
+             subjectAltName = IP:127.0.0.1, DNS:localhost\n",
+        )
+        .expect("write the certificate extensions");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<&str>; 3] = [
+            [
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=emcachers test CA",
+                ][..],
+                &ec,
+                &[
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                ],
+            ]
+            .concat(),
+            [
+                &["req", "-subj", "/CN=127.0.0.1"][..],
+                &ec,
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-CAcreateserial",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ],
+        ];
+        for args in steps {
+            run_ok(
+                Command::new(&openssl).args(&args).current_dir(dir.path()),
+                &format!("openssl {}", args.join(" ")),
+                None,
+            );
+        }
+        TestCertificates { dir }
+    }
+
+    /// The CA certificate (PEM): what a client must trust.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The server certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM).
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+/// How [`RedisServer::start_with_options`] starts a server beyond the
+/// defaults.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisOptions<'a> {
+    /// `requirepass`: every client must `AUTH` (user `default`).
+    pub password: Option<&'a str>,
+    /// Also listen with TLS on a second free port ([`RedisServer::tls_port`])
+    /// with this server certificate; clients need no certificate. The plain
+    /// port stays open (the helpers use it).
+    pub tls: Option<&'a TestCertificates>,
 }
 
 impl RedisServer {
@@ -702,7 +839,50 @@ impl RedisServer {
         RedisServer::start_with(Vec::new(), free_port)
     }
 
+    /// Start a server on a free port with a password and/or a TLS port, and
+    /// wait (at most 20 s) until it answers.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is missing or does not start; the message quotes
+    /// its log.
+    pub fn start_with_options(options: RedisOptions<'_>) -> RedisServer {
+        let mut extra = Vec::new();
+        let mut tls_port = None;
+        if let Some(password) = options.password {
+            extra.extend(["--requirepass".to_owned(), password.to_owned()]);
+        }
+        if let Some(certificates) = options.tls {
+            let port = free_port();
+            tls_port = Some(port);
+            extra.extend([
+                "--tls-port".to_owned(),
+                port.to_string(),
+                "--tls-cert-file".to_owned(),
+                path_str(&certificates.cert()).to_owned(),
+                "--tls-key-file".to_owned(),
+                path_str(&certificates.key()).to_owned(),
+                "--tls-ca-cert-file".to_owned(),
+                path_str(&certificates.ca()).to_owned(),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]);
+        }
+        let mut server =
+            RedisServer::start_auth(extra, free_port, options.password.map(str::to_owned));
+        server.tls_port = tls_port;
+        server
+    }
+
     fn start_with(extra: Vec<String>, pick_port: fn() -> u16) -> RedisServer {
+        RedisServer::start_auth(extra, pick_port, None)
+    }
+
+    fn start_auth(
+        extra: Vec<String>,
+        pick_port: fn() -> u16,
+        password: Option<String>,
+    ) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("emcachers-redis-")
             .tempdir()
@@ -711,13 +891,15 @@ impl RedisServer {
         for attempt in 1..=START_ATTEMPTS {
             let port = pick_port();
             let from = log_len(&log);
-            match RedisProcess::launch(dir.path(), &log, port, &extra) {
+            match RedisProcess::launch(dir.path(), &log, port, &extra, password.as_deref()) {
                 Ok(process) => {
                     return RedisServer {
                         dir,
                         log,
                         port,
                         extra,
+                        password,
+                        tls_port: None,
                         process: Mutex::new(Some(process)),
                     };
                 }
@@ -743,6 +925,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The TLS port, when started with [`RedisOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
     /// Whether the server process is running (not [`stop`](RedisServer::stop)ped,
     /// and not dead).
     pub fn is_running(&self) -> bool {
@@ -758,7 +945,7 @@ impl RedisServer {
     ///
     /// When `redis-cli` fails or takes more than a minute.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, false, args, &self.log)
+        redis_cli(self.port, false, args, &self.log, self.password.as_deref())
     }
 
     /// Stop the server (`SHUTDOWN NOSAVE`, or a kill if it does not exit
@@ -768,15 +955,12 @@ impl RedisServer {
         let Some(mut process) = lock(&self.process).take() else {
             return;
         };
-        let _ = run(
-            Command::new(required("redis-cli")).args([
-                "-p",
-                &self.port.to_string(),
-                "shutdown",
-                "nosave",
-            ]),
-            PROBE_TIMEOUT,
-        );
+        let mut shutdown = Command::new(required("redis-cli"));
+        shutdown.args(["-p", &self.port.to_string(), "shutdown", "nosave"]);
+        if let Some(password) = &self.password {
+            shutdown.env("REDISCLI_AUTH", password);
+        }
+        let _ = run(&mut shutdown, PROBE_TIMEOUT);
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(process.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -795,7 +979,13 @@ impl RedisServer {
     pub fn restart(&self) {
         self.stop();
         let mut slot = lock(&self.process);
-        match RedisProcess::launch(self.dir.path(), &self.log, self.port, &self.extra) {
+        match RedisProcess::launch(
+            self.dir.path(),
+            &self.log,
+            self.port,
+            &self.extra,
+            self.password.as_deref(),
+        ) {
             Ok(process) => *slot = Some(process),
             Err(e) => panic!("restarting Redis failed: {e}\n{}", log_tail(&self.log)),
         }
@@ -810,8 +1000,11 @@ impl Drop for RedisServer {
     }
 }
 
-fn redis_cli(port: u16, cluster: bool, args: &[&str], log: &Path) -> String {
+fn redis_cli(port: u16, cluster: bool, args: &[&str], log: &Path, auth: Option<&str>) -> String {
     let mut command = Command::new(required("redis-cli"));
+    if let Some(password) = auth {
+        command.env("REDISCLI_AUTH", password);
+    }
     if cluster {
         command.arg("-c");
     }
@@ -921,6 +1114,6 @@ impl RedisCluster {
     /// When `redis-cli` fails or takes more than a minute.
     pub fn cli(&self, args: &[&str]) -> String {
         let first = &self.nodes[0];
-        redis_cli(first.port, true, args, &first.log)
+        redis_cli(first.port, true, args, &first.log, None)
     }
 }

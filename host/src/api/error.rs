@@ -51,6 +51,9 @@ impl From<EntityError> for ApiError {
     fn from(error: EntityError) -> Self {
         let status = match &error {
             EntityError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EntityError::InvalidName { .. } | EntityError::InvalidStatus { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             EntityError::NotFound(_) => StatusCode::NOT_FOUND,
             EntityError::Exists(_) => StatusCode::CONFLICT,
             EntityError::Plugin(PluginError::ConfigRejected { .. }) => {

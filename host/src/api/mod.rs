@@ -13,12 +13,14 @@
 //! | GET | `/api/plugins` | loaded plugins and plugin-directory files (with last errors) |
 //! | GET | `/api/rejected?after=&limit=` | rejected records |
 //! | POST | `/api/rejected/replay?limit=` | replay rejected records |
-//! | GET | `/api/replication/stats` | oplog head, source positions, cache databases |
+//! | GET | `/api/replication/stats` | oplog head, source positions, cache databases, replicator failures |
 //! | GET | `/api/cache/keys?prefix=&limit=` | keys of the in-memory key cache (`[redis.memory]`) |
 //! | GET | `/api/cache/keys/{key}` | one key's value |
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it
-//! is: 400/422 for bad input, 404, 409, 503 when the store is unreachable.
+//! is: 400/422 for bad input (400 names the rule an entity name breaks, or
+//! the statuses a user may ask for: `ready`; `pending`, `scanning` and
+//! `deleting` are the host's), 404, 409, 503 when the store is unreachable.
 
 mod error;
 mod routes;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use crate::cache::CacheDbManager;
 use crate::cache::redis::MemoryTarget;
-use crate::entities::{EntityManager, EntitySpec};
+use crate::entities::{EntityManager, EntitySpec, user_status};
 use crate::ingest::Pipeline;
 use crate::oplog::{EntityStatus, OplogStore};
 use crate::plugin::PluginRegistry;
@@ -60,13 +60,15 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "healthy"}))
 }
 
-/// The body of `POST /api/entities`: a spec, optionally with its initial status.
+/// The body of `POST /api/entities`: a spec, optionally with its initial
+/// status (one of [`USER_STATUSES`](crate::entities::USER_STATUSES); the
+/// entity manager refuses the others with a 400).
 #[derive(Debug, Deserialize)]
 struct CreateEntity {
     #[serde(flatten)]
     spec: EntitySpec,
     #[serde(default)]
-    status: Option<EntityStatus>,
+    status: Option<String>,
 }
 
 async fn list_entities(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
@@ -82,10 +84,11 @@ async fn create_entity(
         status: StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("invalid entity: {e}"),
     })?;
-    let def = state
-        .entities
-        .create(request.spec, request.status.unwrap_or(EntityStatus::Ready))
-        .await?;
+    let status = match request.status.as_deref() {
+        Some(text) => user_status(text)?,
+        None => EntityStatus::Ready,
+    };
+    let def = state.entities.create(request.spec, status).await?;
     Ok((StatusCode::CREATED, Json(json!(def))))
 }
 
@@ -257,11 +260,23 @@ async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
         }
         out
     };
+    // The SQLite replicator: its offset, failures, and the entities it is
+    // retrying on their own.
+    let replicator = state.dbs.as_ref().map(|dbs| {
+        let status = dbs.replicator_status();
+        json!({
+            "offset": status.offset(),
+            "failures_total": status.failures_total(),
+            "recoveries_total": status.recoveries_total(),
+            "failing": status.failing(),
+        })
+    });
     Ok(Json(json!({
         "backend": state.store.backend(),
         "oplog_head": head,
         "source_positions": positions,
         "entities": per_entity,
+        "replicator": replicator,
     })))
 }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::oplog::{OplogStore, StoreError};
+use crate::oplog::{LAYOUT_META_PREFIX, OplogStore, StoreError, entity_meta_key};
 use crate::plugin;
 
 /// A column type of a tabular cache.
@@ -97,6 +97,12 @@ pub struct EntityLayout {
     pub version: String,
     /// The table.
     pub table: TableSpec,
+    /// Which life of the entity this is: its creation time (Unix ms). A
+    /// deleted and re-created entity gets a new one, so a cache built for
+    /// its previous life (e.g. on a node that missed the delete) is rebuilt
+    /// instead of reused. 0 when unknown (layouts published before it existed).
+    #[serde(default)]
+    pub generation: i64,
 }
 
 impl EntityLayout {
@@ -131,20 +137,32 @@ impl EntityLayout {
                     .collect(),
             },
         };
-        EntityLayout { version, table }
+        EntityLayout {
+            version,
+            table,
+            generation: 0,
+        }
     }
 
-    fn key(entity: &str) -> String {
-        format!("layout:{entity}")
+    /// This layout for the entity life `generation` (see [`EntityLayout::generation`]).
+    pub fn with_generation(mut self, generation: i64) -> EntityLayout {
+        self.generation = generation;
+        self
     }
 
-    /// The layout published for `entity`, if any.
+    /// The metadata key `entity`'s layout is published under (`layout:{entity}`).
+    pub fn key(entity: &str) -> String {
+        entity_meta_key(LAYOUT_META_PREFIX, entity)
+    }
+
+    /// The layout published for `entity`, if any. A JSON `null` counts as
+    /// none: earlier versions deleted an entity's layout by writing `null`.
     pub async fn load(
         store: &dyn OplogStore,
         entity: &str,
     ) -> Result<Option<EntityLayout>, StoreError> {
         match store.meta_get(&Self::key(entity)).await? {
-            None => Ok(None),
+            None | Some(serde_json::Value::Null) => Ok(None),
             Some(value) => {
                 serde_json::from_value(value)
                     .map(Some)
@@ -156,16 +174,31 @@ impl EntityLayout {
         }
     }
 
-    /// Publish this layout for `entity`; returns whether it changed.
-    pub async fn publish(&self, store: &dyn OplogStore, entity: &str) -> Result<bool, StoreError> {
-        if Self::load(store, entity).await?.as_ref() == Some(self) {
-            return Ok(false);
-        }
-        let value = serde_json::to_value(self).map_err(|e| StoreError::Corrupt {
+    /// This layout as the JSON value stored under [`EntityLayout::key`].
+    pub fn to_value(&self) -> Result<serde_json::Value, StoreError> {
+        serde_json::to_value(self).map_err(|e| StoreError::Corrupt {
             what: "metadata layout",
             reason: e.to_string(),
-        })?;
-        store.meta_set(&Self::key(entity), &value).await?;
+        })
+    }
+
+    /// Publish this layout for `entity`; returns whether it changed.
+    pub async fn publish(&self, store: &dyn OplogStore, entity: &str) -> Result<bool, StoreError> {
+        // A value that does not decode is replaced, not an error: publishing is the repair.
+        if Self::load(store, entity).await.ok().flatten().as_ref() == Some(self) {
+            return Ok(false);
+        }
+        store
+            .meta_set(&Self::key(entity), &self.to_value()?)
+            .await?;
         Ok(true)
+    }
+
+    /// Whether a cache built with plugin version `version` for entity life
+    /// `generation` can keep serving under this (published) layout: same
+    /// version and same life (an unknown generation, 0, matches any).
+    pub fn is_served_by(&self, version: &str, generation: i64) -> bool {
+        self.version == version
+            && (self.generation == generation || self.generation == 0 || generation == 0)
     }
 }

@@ -1,6 +1,11 @@
 //! The cache DB manager: opens entity databases on demand, closes those
 //! idle for too long, rebuilds a database under a new layout while the old
 //! file keeps serving readers, and removes an entity's directory.
+//!
+//! A rebuild writes `{entity}/db.sqlite.rebuild-{pid}-{n}` beside the live
+//! file. A [`Rebuild`] that is dropped without [`CacheDbManager::finish_rebuild`]
+//! (a failed page, a constraint its rows break) removes its file; files left
+//! by a process that died mid-rebuild are swept by [`CacheDbManager::open`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::entity_db::{Applied, CacheDbError, EntityDb};
 use super::layout::EntityLayout;
+use super::replicator::ReplicatorStatus;
 use crate::oplog::{LatestRow, OplogEntry};
 
 struct Open {
@@ -23,6 +29,7 @@ pub struct CacheDbManager {
     root: PathBuf,
     idle_timeout: Duration,
     open: Arc<Mutex<HashMap<String, Open>>>,
+    replicator: Arc<ReplicatorStatus>,
 }
 
 /// What the manager knows of an entity's database.
@@ -30,9 +37,14 @@ pub struct CacheDbManager {
 pub struct DbState {
     /// The layout version it was built with.
     pub version: String,
+    /// The entity life it was built for ([`EntityLayout::generation`]).
+    pub generation: i64,
     /// The highest oplog id applied.
     pub applied_id: i64,
 }
+
+/// The name prefix of rebuild files (`db.sqlite.rebuild-{pid}-{n}`).
+const REBUILD_PREFIX: &str = "db.sqlite.rebuild-";
 
 impl CacheDbManager {
     /// A manager for databases under `root`, closing connections idle longer
@@ -42,7 +54,68 @@ impl CacheDbManager {
             root: root.into(),
             idle_timeout,
             open: Arc::new(Mutex::new(HashMap::new())),
+            replicator: Arc::new(ReplicatorStatus::default()),
         }
+    }
+
+    /// The status of the replicator writing into this root (one per root:
+    /// its offset file is `{root}/replicator.sqlite`). A replicator reopened
+    /// on the same manager reports into the same status.
+    pub fn replicator_status(&self) -> Arc<ReplicatorStatus> {
+        self.replicator.clone()
+    }
+
+    /// A manager for databases under `root` (created when missing), after
+    /// sweeping the rebuild files that processes which are gone left behind
+    /// (see [`CacheDbManager::sweep_rebuild_leftovers`]).
+    pub fn open(root: impl Into<PathBuf>, idle_timeout: Duration) -> Result<Self, CacheDbError> {
+        let manager = CacheDbManager::new(root, idle_timeout);
+        std::fs::create_dir_all(&manager.root).map_err(|source| CacheDbError::Io {
+            path: manager.root.clone(),
+            source,
+        })?;
+        let swept = manager.sweep_rebuild_leftovers();
+        if swept > 0 {
+            tracing::info!(root = %manager.root.display(), swept, "removed files of interrupted cache rebuilds");
+        }
+        Ok(manager)
+    }
+
+    /// Remove `{entity}/db.sqlite.rebuild-*` files (and their `-wal`/`-shm`)
+    /// whose process is gone; returns how many files were removed. Files of
+    /// this process and of processes still running are kept: their rebuild
+    /// may be in progress. (Without `/proc`, only this process is known to
+    /// be alive.) Failures are logged, not returned: a leftover wastes disk,
+    /// it does not break anything.
+    pub fn sweep_rebuild_leftovers(&self) -> usize {
+        let mut removed = 0;
+        for entity in self.entities_on_disk() {
+            let dir = self.entity_dir(&entity);
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for file in files.filter_map(|f| f.ok()) {
+                let name = file.file_name();
+                let Some(pid) = name.to_str().and_then(rebuild_file_pid) else {
+                    continue;
+                };
+                if process_alive(pid) {
+                    continue;
+                }
+                let path = file.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        removed += 1;
+                        tracing::debug!(path = %path.display(), "removed leftover rebuild file");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "cannot remove leftover rebuild file")
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// The root directory.
@@ -100,6 +173,7 @@ impl CacheDbManager {
         self.with_db(entity, |db| {
             Ok(DbState {
                 version: db.layout().version.clone(),
+                generation: db.layout().generation,
                 applied_id: db.applied_id(),
             })
         })
@@ -131,32 +205,37 @@ impl CacheDbManager {
         let n = REBUILDS.fetch_add(1, Ordering::Relaxed);
         let path = self
             .entity_dir(entity)
-            .join(format!("db.sqlite.rebuild-{}-{n}", std::process::id()));
+            .join(format!("{REBUILD_PREFIX}{}-{n}", std::process::id()));
         remove_db_files(&path)?;
-        let db = EntityDb::create(&path, entity, layout, applied_id)?;
-        Ok(Rebuild {
-            db,
+        // From here on the guard owns the file: an error below removes it.
+        let mut rebuild = Rebuild {
+            db: None,
+            path,
             entity: entity.to_owned(),
-        })
+            finished: false,
+        };
+        rebuild.db = Some(EntityDb::create(&rebuild.path, entity, layout, applied_id)?);
+        Ok(rebuild)
     }
 
     /// Swap a finished rebuild in: the live connection is closed and the new
     /// file renamed over the old one (readers that open afterwards see it).
-    pub fn finish_rebuild(&self, rebuild: Rebuild) -> Result<(), CacheDbError> {
-        let Rebuild { db, entity } = rebuild;
-        let built = db.path().to_owned();
-        drop(db);
+    /// On error the rebuild's file is removed and the live one keeps serving.
+    pub fn finish_rebuild(&self, mut rebuild: Rebuild) -> Result<(), CacheDbError> {
+        // Close the rebuilt database (its WAL is checkpointed into the file).
+        rebuild.db = None;
         let mut open = self.lock();
-        open.remove(&entity);
-        let live = self.db_path(&entity);
+        open.remove(&rebuild.entity);
+        let live = self.db_path(&rebuild.entity);
         for suffix in ["-wal", "-shm"] {
             let side = PathBuf::from(format!("{}{suffix}", live.display()));
             remove_file_if_exists(&side)?;
         }
-        std::fs::rename(&built, &live).map_err(|source| CacheDbError::Io {
+        std::fs::rename(&rebuild.path, &live).map_err(|source| CacheDbError::Io {
             path: live.clone(),
             source,
         })?;
+        rebuild.finished = true;
         Ok(())
     }
 
@@ -198,17 +277,69 @@ impl CacheDbManager {
     }
 }
 
-/// A rebuild in progress (see [`CacheDbManager::begin_rebuild`]).
+/// A rebuild in progress (see [`CacheDbManager::begin_rebuild`]). Dropping
+/// it unfinished removes its file: a failed rebuild leaves nothing behind.
 pub struct Rebuild {
-    db: EntityDb,
+    db: Option<EntityDb>,
+    path: PathBuf,
     entity: String,
+    finished: bool,
 }
 
 impl Rebuild {
     /// Load one page of latest rows.
     pub fn load(&mut self, rows: &[LatestRow]) -> Result<usize, CacheDbError> {
-        self.db.load(rows)
+        match self.db.as_mut() {
+            Some(db) => db.load(rows),
+            None => Err(CacheDbError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("the rebuild is already closed"),
+            }),
+        }
     }
+
+    /// The file being built.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Rebuild {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Close the connection first, then remove the file and its WAL.
+        self.db = None;
+        match remove_db_files(&self.path) {
+            Ok(()) => {
+                tracing::debug!(entity = %self.entity, path = %self.path.display(), "unfinished rebuild removed")
+            }
+            Err(error) => {
+                tracing::warn!(entity = %self.entity, %error, "cannot remove an unfinished rebuild file")
+            }
+        }
+    }
+}
+
+/// The process id in a rebuild file's name (`db.sqlite.rebuild-{pid}-{n}`,
+/// with an optional `-wal`/`-shm`/`-journal` suffix).
+fn rebuild_file_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(REBUILD_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether process `pid` may still be rebuilding: this process, or (where
+/// `/proc` exists) any running process.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    proc.join("self").exists() && proc.join(pid.to_string()).exists()
 }
 
 fn remove_file_if_exists(path: &Path) -> Result<(), CacheDbError> {
@@ -228,4 +359,18 @@ fn remove_db_files(path: &Path) -> Result<(), CacheDbError> {
         remove_file_if_exists(&PathBuf::from(format!("{}{suffix}", path.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rebuild_file_pid;
+
+    #[test]
+    fn rebuild_files_name_their_process() {
+        assert_eq!(rebuild_file_pid("db.sqlite.rebuild-42-7"), Some(42));
+        assert_eq!(rebuild_file_pid("db.sqlite.rebuild-42-7-wal"), Some(42));
+        assert_eq!(rebuild_file_pid("db.sqlite"), None);
+        assert_eq!(rebuild_file_pid("db.sqlite-wal"), None);
+        assert_eq!(rebuild_file_pid("db.sqlite.rebuild-x-1"), None);
+    }
 }

@@ -7,16 +7,25 @@
 //! log — is saved in a local metadata database (`{root}/replicator.sqlite`)
 //! after each batch. A crash between the two re-reads a batch whose entries
 //! every database then skips.
+//!
+//! Isolation: an error applying one entity's entries (a unique index its
+//! rows break, a damaged file) does not stop the others. The entity is put
+//! aside in [`FailedEntities`](super::isolation::FailedEntities): its entries
+//! are held back, it is retried on its own with backoff (re-reading the log
+//! from the last entry it handled), and the saved offset stays at or below
+//! that entry until it catches up, so a restart re-reads what it misses.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio_util::sync::CancellationToken;
 
 use super::entity_db::CacheDbError;
+use super::isolation::{EntityFailure, FailedEntities};
 use super::layout::EntityLayout;
 use super::manager::CacheDbManager;
 use crate::oplog::{OplogEntry, OplogStore, StoreError};
@@ -52,6 +61,11 @@ pub struct ReplicatorConfig {
     pub poll_interval: Duration,
     /// Latest rows read per page during a rebuild.
     pub rebuild_page: usize,
+    /// How long a failing entity waits before its first retry; the wait
+    /// doubles with each consecutive failure.
+    pub retry_initial: Duration,
+    /// The longest wait between two retries of a failing entity.
+    pub retry_max: Duration,
 }
 
 impl Default for ReplicatorConfig {
@@ -60,6 +74,8 @@ impl Default for ReplicatorConfig {
             batch_size: 5000,
             poll_interval: Duration::from_millis(50),
             rebuild_page: 5000,
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
         }
     }
 }
@@ -77,8 +93,73 @@ pub struct StepReport {
     pub skipped: usize,
     /// Databases rebuilt.
     pub rebuilt: usize,
-    /// The offset after the step.
+    /// Entity groups (or retries) that failed; their entities are retried
+    /// on their own while the others go on.
+    pub failed: usize,
+    /// Failing entities that caught up and rejoined.
+    pub recovered: usize,
+    /// The offset after the step: every entry up to it is applied.
     pub offset: i64,
+}
+
+impl StepReport {
+    /// Add the row counts of one entity's apply.
+    fn add_counts(&mut self, other: &StepReport) {
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.skipped += other.skipped;
+        self.rebuilt += other.rebuilt;
+    }
+
+    fn add(&mut self, other: &StepReport) {
+        self.read += other.read;
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.skipped += other.skipped;
+        self.rebuilt += other.rebuilt;
+        self.failed += other.failed;
+        self.recovered += other.recovered;
+        self.offset = other.offset;
+    }
+}
+
+/// What a running replicator shows: its offset, how many entity applies
+/// failed, and the entities being retried on their own.
+#[derive(Debug, Default)]
+pub struct ReplicatorStatus {
+    offset: AtomicI64,
+    failures: AtomicU64,
+    recoveries: AtomicU64,
+    failing: Mutex<Vec<EntityFailure>>,
+}
+
+impl ReplicatorStatus {
+    /// The saved offset: every log entry up to it is applied.
+    pub fn offset(&self) -> i64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Entity applies (or retries) that failed since the start.
+    pub fn failures_total(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Failing entities that caught up since the start.
+    pub fn recoveries_total(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// The entities failing now, by name.
+    pub fn failing(&self) -> Vec<EntityFailure> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_failing(&self, failing: Vec<EntityFailure>) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = failing;
+    }
 }
 
 /// The local metadata database of a cache node.
@@ -151,7 +232,13 @@ pub struct SqliteReplicator {
     dbs: CacheDbManager,
     config: ReplicatorConfig,
     meta: Arc<Mutex<LocalMeta>>,
-    offset: i64,
+    /// Where the main tail reads from: every entry up to it is applied,
+    /// skipped, or held back for a failing entity.
+    read_offset: i64,
+    /// The offset last saved in `replicator.sqlite`.
+    saved_offset: i64,
+    failed: FailedEntities,
+    status: Arc<ReplicatorStatus>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -177,18 +264,25 @@ impl SqliteReplicator {
             Ok((meta, offset))
         })
         .await?;
+        let status = dbs.replicator_status();
+        status.offset.store(offset, Ordering::Relaxed);
+        status.set_failing(Vec::new());
         Ok(SqliteReplicator {
             store,
             dbs,
+            failed: FailedEntities::new(config.retry_initial, config.retry_max),
             config,
             meta: Arc::new(Mutex::new(meta)),
-            offset,
+            read_offset: offset,
+            saved_offset: offset,
+            status,
         })
     }
 
-    /// The offset: every log entry up to it has been handled.
+    /// The offset: every log entry up to it has been applied (or skipped).
+    /// A failing entity holds it at the last entry it handled.
     pub fn offset(&self) -> i64 {
-        self.offset
+        self.failed.safe_offset(self.read_offset)
     }
 
     /// The database manager.
@@ -196,76 +290,190 @@ impl SqliteReplicator {
         &self.dbs
     }
 
-    /// Read and apply one batch. Returns what it did; `read == 0` means the
-    /// replicator is caught up.
+    /// The status handle (offset, failures, failing entities), readable
+    /// while the replicator runs.
+    pub fn status(&self) -> Arc<ReplicatorStatus> {
+        self.status.clone()
+    }
+
+    /// The entities failing now, by name.
+    pub fn failing(&self) -> Vec<EntityFailure> {
+        self.failed.snapshot()
+    }
+
+    /// Retry the failing entities that are due, then read and apply one
+    /// batch. Returns what it did; `read == 0` means the main tail is caught
+    /// up (failing entities may still be behind, see [`Self::failing`]).
+    /// An error of one entity does not fail the step: the entity is
+    /// retried on its own. Only reading the log fails it.
     pub async fn step(&mut self) -> Result<StepReport, ReplicatorError> {
+        let mut report = StepReport::default();
+        self.retry_failed(&mut report).await;
         let entries = self
             .store
-            .read_log(self.offset, self.config.batch_size)
+            .read_log(self.read_offset, self.config.batch_size)
             .await?;
-        let mut report = StepReport {
-            read: entries.len(),
-            offset: self.offset,
-            ..StepReport::default()
-        };
-        let Some(last) = entries.last().map(|e| e.id) else {
-            return Ok(report);
-        };
+        report.read = entries.len();
+        if let Some(last) = entries.last().map(|e| e.id) {
+            // Group by entity, keeping log order within each.
+            let mut order: Vec<&str> = Vec::new();
+            let mut groups: HashMap<&str, Vec<OplogEntry>> = HashMap::new();
+            for entry in &entries {
+                groups
+                    .entry(entry.entity.as_str())
+                    .or_insert_with(|| {
+                        order.push(entry.entity.as_str());
+                        Vec::new()
+                    })
+                    .push(entry.clone());
+            }
+            for entity in order {
+                let Some(group) = groups.remove(entity) else {
+                    continue;
+                };
+                if self.failed.contains(entity) {
+                    // Held back: its retry re-reads these entries.
+                    continue;
+                }
+                let first = group.first().map_or(self.read_offset + 1, |e| e.id);
+                match self.apply_group(entity, group).await {
+                    Ok(applied) => report.add_counts(&applied),
+                    Err(error) => {
+                        report.failed += 1;
+                        self.record_failure(entity, first - 1, &error);
+                    }
+                }
+            }
+            self.read_offset = last;
+        }
+        self.save_offset().await?;
+        report.offset = self.offset();
+        Ok(report)
+    }
 
-        // Group by entity, keeping log order within each.
-        let mut order: Vec<&str> = Vec::new();
-        let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, entry) in entries.iter().enumerate() {
-            groups
-                .entry(entry.entity.as_str())
-                .or_insert_with(|| {
-                    order.push(entry.entity.as_str());
-                    Vec::new()
-                })
-                .push(index);
+    /// Apply one entity's entries (log order): bring its database to the
+    /// published layout (building it when missing), then apply them in one
+    /// transaction. An entity without a published layout skips them.
+    async fn apply_group(
+        &self,
+        entity: &str,
+        group: Vec<OplogEntry>,
+    ) -> Result<StepReport, ReplicatorError> {
+        let mut counts = StepReport::default();
+        let Some(layout) = EntityLayout::load(self.store.as_ref(), entity).await? else {
+            // No published layout (plugin not loaded yet): the database
+            // is bootstrapped from the latest rows once it is.
+            counts.skipped = group.len();
+            return Ok(counts);
+        };
+        if self.ensure_layout(entity, &layout).await? {
+            counts.rebuilt += 1;
         }
-        let mut layouts: HashMap<String, Option<EntityLayout>> = HashMap::new();
-        for entity in &order {
-            layouts.insert(
-                (*entity).to_owned(),
-                EntityLayout::load(self.store.as_ref(), entity).await?,
-            );
+        let dbs = self.dbs.clone();
+        let name = entity.to_owned();
+        let applied = blocking(move || {
+            let refs: Vec<&OplogEntry> = group.iter().collect();
+            Ok(dbs.apply(&name, &refs)?)
+        })
+        .await?;
+        if let Some(applied) = applied {
+            counts.upserted = applied.upserted;
+            counts.deleted = applied.deleted;
+            counts.skipped = applied.skipped;
         }
-        for entity in order {
-            let indexes = &groups[entity];
-            let Some(layout) = layouts.remove(entity).flatten() else {
-                // No published layout (plugin not loaded yet): the database
-                // is bootstrapped from the latest rows once it is.
-                report.skipped += indexes.len();
-                continue;
+        Ok(counts)
+    }
+
+    /// Note a failure of `entity` (everything of it up to `resume_after` is
+    /// handled): log it, count it, schedule its retry.
+    fn record_failure(&mut self, entity: &str, resume_after: i64, error: &ReplicatorError) {
+        let (attempts, wait) =
+            self.failed
+                .record(entity, resume_after, error.to_string(), Instant::now());
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        self.status.set_failing(self.failed.snapshot());
+        tracing::warn!(
+            entity,
+            resume_after,
+            attempts,
+            retry_in_ms = wait.as_millis() as u64,
+            %error,
+            "cannot apply entity to its cache; retrying it on its own, other entities go on"
+        );
+    }
+
+    /// Retry every failing entity that is due: re-read the log from its
+    /// position up to the main tail's, for it alone. One that catches up
+    /// rejoins the main tail; one that fails again waits longer.
+    async fn retry_failed(&mut self, report: &mut StepReport) {
+        for (entity, resume_after) in self.failed.due(Instant::now()) {
+            match self.catch_up_entity(&entity, resume_after, report).await {
+                Ok(()) => {
+                    self.failed.recover(&entity);
+                    self.status.recoveries.fetch_add(1, Ordering::Relaxed);
+                    self.status.set_failing(self.failed.snapshot());
+                    report.recovered += 1;
+                    tracing::info!(entity = %entity, offset = self.read_offset, "entity cache caught up after failures");
+                }
+                Err((at, error)) => {
+                    report.failed += 1;
+                    self.record_failure(&entity, at, &error);
+                }
+            }
+        }
+    }
+
+    /// Apply `entity`'s entries after `from` up to the main tail's read
+    /// offset. On error, returns how far it got with the error.
+    async fn catch_up_entity(
+        &mut self,
+        entity: &str,
+        from: i64,
+        report: &mut StepReport,
+    ) -> Result<(), (i64, ReplicatorError)> {
+        let mut position = from;
+        while position < self.read_offset {
+            let page = self
+                .store
+                .read_log(position, self.config.batch_size)
+                .await
+                .map_err(|e| (position, e.into()))?;
+            let Some(last) = page.last().map(|e| e.id) else {
+                break;
             };
-            if self.ensure_layout(entity, &layout).await? {
-                report.rebuilt += 1;
+            let group: Vec<OplogEntry> = page
+                .into_iter()
+                .filter(|e| e.id <= self.read_offset && e.entity == entity)
+                .collect();
+            if let Some(first) = group.first().map(|e| e.id) {
+                let applied = self
+                    .apply_group(entity, group)
+                    .await
+                    .map_err(|e| (first - 1, e))?;
+                report.add_counts(&applied);
             }
-            let batch: Vec<OplogEntry> = indexes.iter().map(|&i| entries[i].clone()).collect();
-            let dbs = self.dbs.clone();
-            let name = entity.to_owned();
-            let applied = blocking(move || {
-                let refs: Vec<&OplogEntry> = batch.iter().collect();
-                Ok(dbs.apply(&name, &refs)?)
-            })
-            .await?;
-            if let Some(applied) = applied {
-                report.upserted += applied.upserted;
-                report.deleted += applied.deleted;
-                report.skipped += applied.skipped;
-            }
+            position = last.min(self.read_offset);
+            self.failed.advance(entity, position);
+        }
+        Ok(())
+    }
+
+    /// Save the offset when it moved.
+    async fn save_offset(&mut self) -> Result<(), ReplicatorError> {
+        let offset = self.offset();
+        self.status.offset.store(offset, Ordering::Relaxed);
+        if offset == self.saved_offset {
+            return Ok(());
         }
         let meta = self.meta.clone();
         blocking(move || {
             meta.lock()
                 .map_err(|_| ReplicatorError::Worker("metadata lock poisoned".into()))?
-                .save_offset(last)
+                .save_offset(offset)
         })
         .await?;
-        self.offset = last;
-        report.offset = last;
-        Ok(report)
+        self.saved_offset = offset;
+        Ok(())
     }
 
     /// Make sure `entity`'s database exists with `layout`: create it from the
@@ -279,7 +487,10 @@ impl SqliteReplicator {
         let dbs = self.dbs.clone();
         let name = entity.to_owned();
         let state = blocking(move || Ok(dbs.state(&name)?)).await?;
-        if state.as_ref().is_some_and(|s| s.version == layout.version) {
+        if state
+            .as_ref()
+            .is_some_and(|s| layout.is_served_by(&s.version, s.generation))
+        {
             return Ok(false);
         }
         self.rebuild(entity, layout).await?;
@@ -324,20 +535,15 @@ impl SqliteReplicator {
     /// Apply batches until the log is exhausted; returns the total.
     pub async fn catch_up(&mut self) -> Result<StepReport, ReplicatorError> {
         let mut total = StepReport {
-            offset: self.offset,
+            offset: self.offset(),
             ..StepReport::default()
         };
         loop {
             let step = self.step().await?;
+            total.add(&step);
             if step.read == 0 {
                 return Ok(total);
             }
-            total.read += step.read;
-            total.upserted += step.upserted;
-            total.deleted += step.deleted;
-            total.skipped += step.skipped;
-            total.rebuilt += step.rebuilt;
-            total.offset = step.offset;
         }
     }
 
@@ -357,6 +563,7 @@ impl SqliteReplicator {
                         read = report.read,
                         upserted = report.upserted,
                         deleted = report.deleted,
+                        failed = report.failed,
                         offset = report.offset,
                         "replicated"
                     );

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use emcachers::config::Config;
 use emcachers::plugin::{
-    CacheWrite, ChangeOp, PluginEngine, PluginRegistry, Row, RowOp, SandboxConfig, Shaped,
+    BUILTINS, CacheWrite, ChangeOp, PluginEngine, PluginOrigin, PluginRegistry, Row, RowOp,
+    SandboxConfig, Shaped,
 };
 use emcachers::sources::jsonl;
 use serde_json::{Value, json};
@@ -51,6 +52,19 @@ pub enum PluginCommand {
         #[arg(long, default_value = "release")]
         profile: String,
     },
+    /// List the plugins a node would serve: the built-in ones and the files
+    /// of the plugin directory (a file overrides the built-in of its name).
+    List {
+        /// The configuration file giving `plugins.dir` and `plugins.builtins`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The plugin directory (default: `plugins.dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a plugin file against the WIT contract and print its description.
     Check {
         /// The `.wasm` file.
@@ -85,6 +99,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
             config,
             profile,
         } => build(&path, out_dir, config, &profile),
+        PluginCommand::List { config, dir, json } => list(config.as_deref(), dir, json),
         PluginCommand::Check { file } => check(&file),
         PluginCommand::Test {
             file,
@@ -252,6 +267,57 @@ fn wasm_artefacts(messages: &[u8], manifest: &Path) -> anyhow::Result<Vec<PathBu
         }
     }
     Ok(found)
+}
+
+fn list(config: Option<&Path>, dir: Option<PathBuf>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let dir = dir.unwrap_or_else(|| config.plugins.dir.clone());
+    let registry = PluginRegistry::new(PluginEngine::new(config.sandbox())?);
+    let mut failed: Vec<(String, String)> = Vec::new();
+    if config.plugins.builtins {
+        for (label, error) in registry.load_builtins(BUILTINS) {
+            failed.push((label, error.to_string()));
+        }
+    }
+    if dir.is_dir() {
+        for (path, error) in registry.load_dir(&dir) {
+            failed.push((path.display().to_string(), error.to_string()));
+        }
+    }
+    let plugins = registry.plugins();
+    if as_json {
+        let failed: Vec<Value> = failed
+            .iter()
+            .map(|(what, error)| json!({"plugin": what, "error": error}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"plugins": plugins, "failed": failed}))?
+        );
+    } else {
+        println!("{:<16} {:<12} {:<64} ORIGIN", "NAME", "VERSION", "SHA256");
+        for plugin in &plugins {
+            let origin = match (&plugin.origin, &plugin.overrides_builtin) {
+                (PluginOrigin::Builtin { .. }, _) => "built-in".to_owned(),
+                (PluginOrigin::File { path }, None) => path.display().to_string(),
+                (PluginOrigin::File { path }, Some(version)) => {
+                    format!("{} (overrides built-in {version})", path.display())
+                }
+            };
+            println!(
+                "{:<16} {:<12} {:<64} {origin}",
+                plugin.name, plugin.version, plugin.hash
+            );
+        }
+        for (what, error) in &failed {
+            println!("FAILED {what}: {error}");
+        }
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn check(file: &Path) -> anyhow::Result<ExitCode> {

@@ -51,16 +51,24 @@ pub fn ingest(
                 "staged": report.staged, "rejected": report.rejected, "unrouted": report.unrouted,
             })
         );
+        let mut failing = Vec::new();
         if replicate && node.config.cache.enabled {
             let step = node.replicate_once().await?;
+            // Entities whose cache could not be written (the others were).
+            failing = node.dbs.replicator_status().failing();
             println!(
                 "{}",
                 serde_json::json!({"replicated": step.read, "upserted": step.upserted, "deleted": step.deleted,
-                    "rebuilt": step.rebuilt, "offset": step.offset, "caches": node.dbs.root().display().to_string()})
+                    "rebuilt": step.rebuilt, "offset": step.offset, "caches": node.dbs.root().display().to_string(),
+                    "failing": failing})
             );
         }
         node.shutdown(Duration::from_secs(5)).await;
-        Ok(if report.rejected > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        Ok(if report.rejected > 0 || !failing.is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
 

@@ -143,6 +143,9 @@ pub struct PluginsConfig {
     pub max_idle_instances: usize,
     /// Whether to reload plugins when their files change.
     pub watch: bool,
+    /// Whether the plugins built into the binary (`shape`, `schematic`)
+    /// serve; a file of `dir` with the same plugin name overrides one.
+    pub builtins: bool,
     /// What plugins may touch (nothing by default).
     pub wasi: WasiGrants,
 }
@@ -156,6 +159,7 @@ impl Default for PluginsConfig {
             memory_limit_mib: 64,
             max_idle_instances: 4,
             watch: true,
+            builtins: true,
             wasi: WasiGrants::default(),
         }
     }
@@ -442,12 +446,18 @@ impl Config {
                 });
             }
         }
+        if let Some(redis) = &self.redis {
+            redis.check().map_err(|problem| ConfigError::Value {
+                key: problem.key,
+                reason: problem.reason,
+            })?;
+        }
         let mut seen = std::collections::HashSet::new();
         for entity in &self.entities {
-            if entity.name.trim().is_empty() {
+            if let Err(error) = crate::entities::validate_name(&entity.name) {
                 return Err(ConfigError::Value {
                     key: "entities.name",
-                    reason: "must not be empty".into(),
+                    reason: error.to_string(),
                 });
             }
             if !seen.insert(&entity.name) {
@@ -562,6 +572,14 @@ listen = "127.0.0.1:0"
             .unwrap_err()
             .to_string();
         assert!(err.contains("plugins.deadline_ms"), "{err}");
+        // Entity names follow the entity manager's rules.
+        let err = Config::from_toml("[[entities]]\nname = \"sqlite_users\"\nplugin = \"shape\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("entities.name") && err.contains("'sqlite_' are reserved"),
+            "{err}"
+        );
     }
 
     #[test]

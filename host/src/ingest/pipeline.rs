@@ -229,7 +229,7 @@ impl Pipeline {
                 evicted = self.evict_unloaded(&def, start).await?;
             }
             let moved = self.store.finish_load(&def.name).await?;
-            self.store.meta_set(&key, &serde_json::Value::Null).await?;
+            self.store.meta_delete(&key).await?;
             if let Err(error) = self
                 .entities
                 .set_status(&def.name, EntityStatus::Ready)
@@ -529,12 +529,22 @@ impl Pipeline {
 
     /// Re-run up to `limit` rejected records through their entities' current
     /// plugins. Records that now shape are committed and removed; those that
-    /// fail again are stored anew with their new error. Returns (replayed,
-    /// failed again).
+    /// fail again are stored anew with their new error. Rows a cache writer
+    /// dead-lettered are appended to the log again
+    /// ([`dead_letter::replay`](crate::cache::dead_letter::replay)), so every
+    /// writer applies them anew. Returns (replayed, failed again).
     pub async fn replay_rejected(&self, limit: usize) -> Result<(usize, usize), PipelineError> {
-        let records = self.store.rejected(0, limit).await?;
+        let (dead, records): (Vec<_>, Vec<_>) = self
+            .store
+            .rejected(0, limit)
+            .await?
+            .into_iter()
+            .partition(|r| crate::cache::dead_letter::writer_of(r).is_some());
+        for record in &dead {
+            crate::cache::dead_letter::replay(self.store.as_ref(), record).await?;
+        }
         if records.is_empty() {
-            return Ok((0, 0));
+            return Ok((dead.len(), 0));
         }
         let mut order: Vec<EntityDef> = Vec::new();
         let mut grouped: HashMap<String, Vec<Change>> = HashMap::new();
@@ -571,13 +581,13 @@ impl Pipeline {
         let report = self.commit(groups, None, false).await?;
         self.store.remove_rejected(&ids).await?;
         let failed = report.rejected + unparseable;
-        Ok((records.len() - failed, failed))
+        Ok((dead.len() + records.len() - failed, failed))
     }
 }
 
 /// The metadata key holding the oplog head at the start of `entity`'s load.
 fn load_start_key(entity: &str) -> String {
-    format!("load:{entity}")
+    crate::oplog::entity_meta_key(crate::oplog::LOAD_META_PREFIX, entity)
 }
 
 fn rejection(

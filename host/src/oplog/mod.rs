@@ -62,11 +62,25 @@ pub enum StoreError {
     },
 }
 
+/// The metadata key holding the store's identity (a JSON string).
+pub const IDENTITY_KEY: &str = "oplog_identity";
+
+/// A fresh identity: 128 random bits in hex.
+pub fn new_identity() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// The oplog store. See the module documentation for its guarantees.
 #[async_trait]
 pub trait OplogStore: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// The identity of this oplog: a random id made once, when the store was
+    /// created (metadata key [`IDENTITY_KEY`]). Ids count within one
+    /// identity: a cache offset saved against another identity (a wiped or
+    /// different oplog) says nothing about this one.
+    fn identity(&self) -> &str;
 
     /// Commit one batch: rows (to the log, or to staging for loading
     /// entities), rejected records and the source position, atomically.
@@ -94,7 +108,17 @@ pub trait OplogStore: Send + Sync + 'static {
     async fn source_position(&self, source: &str) -> Result<Option<String>, StoreError>;
 
     /// Create or update an entity definition (status and timestamps included).
-    async fn put_entity(&self, entity: &EntityDef) -> Result<(), StoreError>;
+    async fn put_entity(&self, entity: &EntityDef) -> Result<(), StoreError> {
+        self.put_entity_with_meta(entity, &[]).await
+    }
+
+    /// Create or update an entity definition and set metadata values (its
+    /// published layout) in the same transaction: both land or neither does.
+    async fn put_entity_with_meta(
+        &self,
+        entity: &EntityDef,
+        meta: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError>;
 
     /// One entity definition.
     async fn entity(&self, name: &str) -> Result<Option<EntityDef>, StoreError>;
@@ -107,7 +131,8 @@ pub trait OplogStore: Send + Sync + 'static {
     -> Result<bool, StoreError>;
 
     /// Remove an entity: its definition, log entries, latest rows, staged
-    /// rows and rejected records. False when it did not exist.
+    /// rows, rejected records and its metadata ([`entity_meta_keys`]), in one
+    /// transaction. False when it did not exist.
     async fn delete_entity(&self, name: &str) -> Result<bool, StoreError>;
 
     /// End an entity's initial load: move its staged rows into the log (in
@@ -129,6 +154,29 @@ pub trait OplogStore: Send + Sync + 'static {
 
     /// Set a metadata value.
     async fn meta_set(&self, key: &str, value: &serde_json::Value) -> Result<(), StoreError>;
+
+    /// Remove a metadata value; false when there was none.
+    async fn meta_delete(&self, key: &str) -> Result<bool, StoreError>;
+}
+
+/// Metadata key prefix of an entity's published cache layout (`layout:{entity}`).
+pub const LAYOUT_META_PREFIX: &str = "layout:";
+
+/// Metadata key prefix of an entity's running initial load (`load:{entity}`).
+pub const LOAD_META_PREFIX: &str = "load:";
+
+/// The metadata key of `entity` under `prefix` (one of the `*_META_PREFIX`es).
+pub fn entity_meta_key(prefix: &str, entity: &str) -> String {
+    format!("{prefix}{entity}")
+}
+
+/// Every metadata key that belongs to `entity`: they are removed with it
+/// ([`OplogStore::delete_entity`]), so a re-created entity starts clean.
+pub fn entity_meta_keys(entity: &str) -> [String; 2] {
+    [
+        entity_meta_key(LAYOUT_META_PREFIX, entity),
+        entity_meta_key(LOAD_META_PREFIX, entity),
+    ]
 }
 
 /// Keep the last row per (entity, doc_id), in first-seen order of the keys:

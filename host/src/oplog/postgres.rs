@@ -11,7 +11,7 @@ use super::model::{
     AppendBatch, AppendReceipt, EntityDef, EntityStatus, LatestRow, NewRow, Op, OplogEntry,
     RejectedRecord, now_millis,
 };
-use super::{OplogStore, StoreError, last_per_key};
+use super::{OplogStore, StoreError, entity_meta_keys, last_per_key};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -19,6 +19,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    identity: String,
 }
 
 impl PostgresStore {
@@ -31,7 +32,27 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PostgresStore { pool })
+        sqlx::query(
+            "INSERT INTO metadata (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(super::IDENTITY_KEY)
+        .bind(serde_json::Value::from(super::new_identity()).to_string())
+        .execute(&pool)
+        .await?;
+        let text: String = sqlx::query_scalar("SELECT value FROM metadata WHERE key = $1")
+            .bind(super::IDENTITY_KEY)
+            .fetch_one(&pool)
+            .await?;
+        let identity = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::String(identity)) if !identity.is_empty() => identity,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: "metadata oplog_identity",
+                    reason: format!("not a JSON string: {text}"),
+                });
+            }
+        };
+        Ok(PostgresStore { pool, identity })
     }
 
     /// The connection pool.
@@ -148,6 +169,10 @@ fn latest_from_row(row: &sqlx::postgres::PgRow) -> Result<LatestRow, StoreError>
 impl OplogStore for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<AppendReceipt, StoreError> {
@@ -307,7 +332,12 @@ impl OplogStore for PostgresStore {
         )
     }
 
-    async fn put_entity(&self, entity: &EntityDef) -> Result<(), StoreError> {
+    async fn put_entity_with_meta(
+        &self,
+        entity: &EntityDef,
+        meta: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO entities (name, source, collection, plugin, config, status, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -323,8 +353,18 @@ impl OplogStore for PostgresStore {
         .bind(entity.status.as_str())
         .bind(entity.created_at)
         .bind(entity.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        for (key, value) in meta {
+            sqlx::query(
+                "INSERT INTO metadata (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .bind(key)
+            .bind(value.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -371,6 +411,10 @@ impl OplogStore for PostgresStore {
         ] {
             sqlx::query(statement).bind(name).execute(&mut *tx).await?;
         }
+        sqlx::query("DELETE FROM metadata WHERE key = ANY($1::text[])")
+            .bind(entity_meta_keys(name).as_slice())
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query("DELETE FROM entities WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -486,5 +530,13 @@ impl OplogStore for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn meta_delete(&self, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM metadata WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }

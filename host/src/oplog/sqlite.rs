@@ -12,7 +12,7 @@ use super::model::{
     AppendBatch, AppendReceipt, EntityDef, EntityStatus, LatestRow, NewRow, Op, OplogEntry,
     RejectedRecord, now_millis,
 };
-use super::{OplogStore, StoreError, last_per_key};
+use super::{OplogStore, StoreError, entity_meta_keys, last_per_key};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[r#"
@@ -83,6 +83,7 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    identity: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -159,6 +160,27 @@ impl SqliteStore {
         }
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
+        writer.execute(
+            "INSERT INTO metadata (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![
+                super::IDENTITY_KEY,
+                serde_json::Value::from(super::new_identity()).to_string()
+            ],
+        )?;
+        let identity: String = writer.query_row(
+            "SELECT value FROM metadata WHERE key = ?1",
+            params![super::IDENTITY_KEY],
+            |r| r.get(0),
+        )?;
+        let identity = match serde_json::from_str::<serde_json::Value>(&identity) {
+            Ok(serde_json::Value::String(identity)) if !identity.is_empty() => identity,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: "metadata oplog_identity",
+                    reason: format!("not a JSON string: {identity}"),
+                });
+            }
+        };
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let reader = open_connection(path)?;
         let writer = Arc::new(Mutex::new(writer));
@@ -167,6 +189,7 @@ impl SqliteStore {
             writer,
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_owned(),
+            identity,
         })
     }
 
@@ -305,6 +328,10 @@ const ENTITY_COLUMNS: &str =
 impl OplogStore for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<AppendReceipt, StoreError> {
@@ -455,10 +482,19 @@ impl OplogStore for SqliteStore {
         .await
     }
 
-    async fn put_entity(&self, entity: &EntityDef) -> Result<(), StoreError> {
+    async fn put_entity_with_meta(
+        &self,
+        entity: &EntityDef,
+        meta: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
         let entity = entity.clone();
+        let meta: Vec<(String, String)> = meta
+            .iter()
+            .map(|(key, value)| (key.clone(), value.to_string()))
+            .collect();
         self.write(move |conn| {
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
                 "INSERT INTO entities (name, source, collection, plugin, config, status, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (name) DO UPDATE SET source = excluded.source, collection = excluded.collection,
@@ -475,6 +511,13 @@ impl OplogStore for SqliteStore {
                     entity.updated_at
                 ],
             )?;
+            for (key, value) in &meta {
+                tx.execute(
+                    "INSERT INTO metadata (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, value],
+                )?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -533,6 +576,9 @@ impl OplogStore for SqliteStore {
                     &format!("DELETE FROM {table} WHERE entity = ?1"),
                     params![name],
                 )?;
+            }
+            for key in entity_meta_keys(&name) {
+                tx.execute("DELETE FROM metadata WHERE key = ?1", params![key])?;
             }
             let existed = tx.execute("DELETE FROM entities WHERE name = ?1", params![name])? > 0;
             tx.commit()?;
@@ -659,6 +705,14 @@ impl OplogStore for SqliteStore {
                 params![key, value],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn meta_delete(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM metadata WHERE key = ?1", params![key])? > 0)
         })
         .await
     }

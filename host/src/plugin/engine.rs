@@ -2,10 +2,11 @@
 //! artefact cache, the epoch ticker behind per-call deadlines, and the
 //! sandbox (WASI grants, memory cap) every plugin instance gets.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -193,6 +194,66 @@ impl PluginEngine {
                 component
             }
         };
+        self.link(path, component, hash)
+    }
+
+    /// [`compile`](Self::compile) for a plugin embedded in the binary: the
+    /// artefact is also kept in memory for the life of the process, so every
+    /// engine of the process (each node, each test) compiles a built-in once,
+    /// even without an artefact cache directory.
+    pub(crate) fn compile_builtin(
+        &self,
+        label: &Path,
+        bytes: &'static [u8],
+    ) -> Result<Compiled, PluginError> {
+        static ARTEFACTS: Mutex<BTreeMap<String, Arc<Vec<u8>>>> = Mutex::new(BTreeMap::new());
+        let hash = content_hash(bytes);
+        let key = format!("{hash}-{}", self.shared.compat);
+        let invalid = |e: wasmtime::Error| PluginError::Invalid {
+            path: label.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        // Held while compiling: concurrent loads wait for the first one.
+        let mut artefacts = ARTEFACTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(serialized) = artefacts.get(&key) {
+            // SAFETY: the bytes were produced by `Component::serialize` in
+            // this process, for an engine with the same compatibility hash
+            // (part of the key); wasmtime checks the header as well.
+            if let Ok(component) =
+                unsafe { Component::deserialize(&self.shared.engine, serialized.as_slice()) }
+            {
+                drop(artefacts);
+                return self.link(label, component, hash);
+            }
+        }
+        let component = match self.cached_component(&hash) {
+            Some(component) => component,
+            None => {
+                let component =
+                    Component::from_binary(&self.shared.engine, bytes).map_err(invalid)?;
+                self.store_in_cache(&hash, &component);
+                component
+            }
+        };
+        if let Ok(serialized) = component.serialize() {
+            artefacts.insert(key, Arc::new(serialized));
+        }
+        drop(artefacts);
+        self.link(label, component, hash)
+    }
+
+    fn link(
+        &self,
+        path: &Path,
+        component: Component,
+        hash: String,
+    ) -> Result<Compiled, PluginError> {
+        let invalid = |e: wasmtime::Error| PluginError::Invalid {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        };
         let pre = self
             .shared
             .linker
@@ -298,7 +359,8 @@ impl PluginEngine {
 }
 
 /// SHA-256 of a plugin file's bytes, hex: the identity of a plugin build.
-pub(crate) fn content_hash(bytes: &[u8]) -> String {
+/// SHA-256 of a plugin's bytes, in hex: the hash the registry reports.
+pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -3,6 +3,31 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// Where a plugin version came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PluginOrigin {
+    /// Embedded in the emcachers binary (see [`super::builtin`]).
+    Builtin {
+        /// The crate it was built from.
+        source: String,
+    },
+    /// A file of the plugin directory.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for PluginOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginOrigin::Builtin { source } => write!(f, "builtin:{source}"),
+            PluginOrigin::File { path } => write!(f, "{}", path.display()),
+        }
+    }
+}
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -69,7 +94,7 @@ struct Instance {
 pub struct LoadedPlugin {
     info: PluginInfo,
     label: Arc<str>,
-    path: PathBuf,
+    origin: PluginOrigin,
     hash: String,
     loaded_at: SystemTime,
     engine: PluginEngine,
@@ -82,7 +107,7 @@ impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
             .field("plugin", &self.label)
-            .field("path", &self.path)
+            .field("origin", &self.origin)
             .field("hash", &self.hash)
             .finish()
     }
@@ -93,10 +118,10 @@ impl LoadedPlugin {
     /// unconfigured. [`LoadedPlugin::validate`] configures and checks it.
     pub(crate) fn describe_new(
         engine: &PluginEngine,
-        path: &Path,
+        origin: &PluginOrigin,
         compiled: &Compiled,
     ) -> Result<PluginInfo, PluginError> {
-        let label: Arc<str> = Arc::from(path.display().to_string());
+        let label: Arc<str> = Arc::from(origin.to_string());
         let (mut store, plugin) =
             engine
                 .instantiate(&compiled.pre, label.clone())
@@ -119,7 +144,7 @@ impl LoadedPlugin {
     /// `version`. Fails without side effects when any step fails.
     pub(crate) fn validate(
         engine: &PluginEngine,
-        path: &Path,
+        origin: PluginOrigin,
         compiled: Compiled,
         info: PluginInfo,
         configs: Arc<EntityConfigs>,
@@ -128,7 +153,7 @@ impl LoadedPlugin {
         let loaded = LoadedPlugin {
             label,
             info,
-            path: path.to_owned(),
+            origin,
             hash: compiled.hash,
             loaded_at: SystemTime::now(),
             engine: engine.clone(),
@@ -165,8 +190,16 @@ impl LoadedPlugin {
     }
 
     /// The file it was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> Option<&Path> {
+        match &self.origin {
+            PluginOrigin::File { path } => Some(path),
+            PluginOrigin::Builtin { .. } => None,
+        }
+    }
+
+    /// Where this version came from.
+    pub fn origin(&self) -> &PluginOrigin {
+        &self.origin
     }
 
     /// SHA-256 of the file's bytes, hex.

@@ -7,8 +7,10 @@
 //! - [`PluginRegistry`]: which versions are serving, from which files, for
 //!   which entities; atomic swaps on reload.
 //! - [`PluginWatcher`]: hot reload of the plugin directory.
+//! - [`builtin`]: the plugins embedded in the binary (`shape`, `schematic`).
 
 mod bindings;
+pub mod builtin;
 mod engine;
 mod error;
 mod loaded;
@@ -19,8 +21,9 @@ pub use bindings::{
     Binding, CacheWrite, Change, ChangeOp, Column, ColumnType, Index, PluginInfo, Row, RowOp,
     Shaped, TableLayout,
 };
-pub use engine::{PluginEngine, SandboxConfig, WasiGrants};
+pub use builtin::{BUILTINS, BuiltinPlugin};
+pub use engine::{PluginEngine, SandboxConfig, WasiGrants, content_hash};
 pub use error::{ItemError, PluginError};
-pub use loaded::{EntityConfigs, LoadedPlugin};
+pub use loaded::{EntityConfigs, LoadedPlugin, PluginOrigin};
 pub use registry::{FileStatus, LoadOutcome, PluginRegistry, PluginStatus, is_plugin_file};
 pub use watcher::{DEBOUNCE, PluginWatcher, WatchError};

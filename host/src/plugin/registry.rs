@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use super::builtin::BuiltinPlugin;
 use super::engine::{PluginEngine, content_hash};
 use super::error::PluginError;
-use super::loaded::{EntityConfigs, LoadedPlugin};
+use super::loaded::{EntityConfigs, LoadedPlugin, PluginOrigin};
 
 /// What happened when a file was (re)loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +57,12 @@ pub struct PluginStatus {
     pub version: String,
     /// Its description.
     pub description: String,
-    /// The file it was loaded from.
-    pub path: PathBuf,
-    /// SHA-256 of the file.
+    /// Where this version came from: built into the binary or a file.
+    pub origin: PluginOrigin,
+    /// The version of the built-in plugin of the same name that this file
+    /// overrides, if any.
+    pub overrides_builtin: Option<String>,
+    /// SHA-256 of the component.
     pub hash: String,
     /// When it was loaded (seconds since the Unix epoch).
     pub loaded_at: u64,
@@ -70,7 +74,10 @@ pub struct PluginStatus {
 
 #[derive(Default)]
 struct State {
+    /// Plugins loaded from files, by name.
     plugins: HashMap<String, Arc<LoadedPlugin>>,
+    /// Built-in plugins, by name; a file plugin of the same name wins.
+    builtins: HashMap<String, Arc<LoadedPlugin>>,
     files: BTreeMap<PathBuf, FileStatus>,
     configs: HashMap<String, Arc<EntityConfigs>>,
     /// Entity → plugin name, for entities assigned explicitly.
@@ -109,19 +116,58 @@ impl PluginRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The loaded plugin called `name`.
+    /// The plugin serving the name `name`: the file plugin, else the
+    /// built-in one.
     pub fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
-        self.read().plugins.get(name).cloned()
+        self.read().serving(name).cloned()
     }
 
     /// The plugin serving `entity`: the one it was assigned to, else the one
-    /// loaded plugin that declares it by name.
+    /// serving plugin that declares it by name.
     pub fn for_entity(&self, entity: &str) -> Option<Arc<LoadedPlugin>> {
         let state = self.read();
         if let Some(name) = state.assigned.get(entity) {
-            return state.plugins.get(name).cloned();
+            return state.serving(name).cloned();
         }
-        state.plugins.values().find(|p| p.declares(entity)).cloned()
+        state.all_serving().find(|p| p.declares(entity)).cloned()
+    }
+
+    /// Compile and load the built-in plugins (see [`super::builtin`]).
+    /// Returns the ones that failed, with why; a failure leaves the others
+    /// serving.
+    pub fn load_builtins(&self, builtins: &[BuiltinPlugin]) -> Vec<(String, PluginError)> {
+        let mut errors = Vec::new();
+        for builtin in builtins {
+            if let Err(error) = self.load_builtin(builtin) {
+                tracing::error!(plugin = %builtin.label(), %error, "built-in plugin not loaded");
+                errors.push((builtin.label(), error));
+            }
+        }
+        errors
+    }
+
+    fn load_builtin(&self, builtin: &BuiltinPlugin) -> Result<(), PluginError> {
+        let origin = PluginOrigin::Builtin {
+            source: builtin.source.to_owned(),
+        };
+        let label = std::path::PathBuf::from(origin.to_string());
+        let compiled = self.engine.compile_builtin(&label, builtin.bytes)?;
+        let info = LoadedPlugin::describe_new(&self.engine, &origin, &compiled)?;
+        let configs = self
+            .write()
+            .configs
+            .entry(info.name.clone())
+            .or_default()
+            .clone();
+        let loaded = LoadedPlugin::validate(&self.engine, origin, compiled, info, configs)?;
+        let mut state = self.write();
+        let overridden = state
+            .plugins
+            .get(loaded.name())
+            .map(|p| p.label().to_owned());
+        tracing::info!(plugin = %loaded.label(), hash = %loaded.hash(), overridden_by = overridden.as_deref(), "built-in plugin loaded");
+        state.builtins.insert(loaded.name().to_owned(), loaded);
+        Ok(())
     }
 
     /// Assign `entity` to plugin `plugin` with `config` (JSON text). When the
@@ -146,6 +192,11 @@ impl PluginRegistry {
             old.remove(entity);
         }
         Ok(())
+    }
+
+    /// Whether `entity` is assigned to a plugin (defined, configured).
+    pub fn is_assigned(&self, entity: &str) -> bool {
+        self.read().assigned.contains_key(entity)
     }
 
     /// Forget `entity`'s assignment and configuration.
@@ -230,17 +281,21 @@ impl PluginRegistry {
                 }
             }
         }
+        let origin = PluginOrigin::File {
+            path: path.to_owned(),
+        };
         let compiled = self.engine.compile(path, &bytes)?;
-        let info = LoadedPlugin::describe_new(&self.engine, path, &compiled)?;
+        let info = LoadedPlugin::describe_new(&self.engine, &origin, &compiled)?;
         {
             let state = self.read();
             if let Some(other) = state.plugins.get(&info.name)
-                && other.path() != path
+                && let Some(other_path) = other.path()
+                && other_path != path
             {
                 return Err(PluginError::NameConflict {
                     path: path.to_owned(),
                     name: info.name.clone(),
-                    other: other.path().to_owned(),
+                    other: other_path.to_owned(),
                 });
             }
         }
@@ -250,7 +305,7 @@ impl PluginRegistry {
             .entry(info.name.clone())
             .or_default()
             .clone();
-        let loaded = LoadedPlugin::validate(&self.engine, path, compiled, info, configs)?;
+        let loaded = LoadedPlugin::validate(&self.engine, origin, compiled, info, configs)?;
 
         let mut state = self.write();
         let name = loaded.name().to_owned();
@@ -259,7 +314,10 @@ impl PluginRegistry {
         if let Some(previous) = previous_name.filter(|p| *p != name) {
             state.plugins.remove(&previous);
         }
-        let old = state.plugins.insert(name.clone(), loaded.clone());
+        let old = state
+            .plugins
+            .insert(name.clone(), loaded.clone())
+            .or_else(|| state.builtins.get(&name).cloned());
         state.files.insert(
             path.to_owned(),
             FileStatus {
@@ -291,21 +349,31 @@ impl PluginRegistry {
         let status = state.files.remove(path)?;
         let name = status.plugin?;
         let removed = state.plugins.remove(&name)?;
-        tracing::info!(path = %path.display(), plugin = %removed.label(), "plugin unloaded");
+        match state.builtins.get(&name) {
+            Some(builtin) => {
+                tracing::info!(path = %path.display(), plugin = %removed.label(), now = %builtin.label(), "plugin file removed; the built-in version serves again")
+            }
+            None => {
+                tracing::info!(path = %path.display(), plugin = %removed.label(), "plugin unloaded")
+            }
+        }
         Some(removed.label().to_owned())
     }
 
-    /// Every loaded plugin.
+    /// Every serving plugin (a file plugin hides the built-in of its name).
     pub fn plugins(&self) -> Vec<PluginStatus> {
         let state = self.read();
         let mut out: Vec<PluginStatus> = state
-            .plugins
-            .values()
+            .all_serving()
             .map(|p| PluginStatus {
                 name: p.name().to_owned(),
                 version: p.version().to_owned(),
                 description: p.info().description.clone(),
-                path: p.path().to_owned(),
+                origin: p.origin().clone(),
+                overrides_builtin: p
+                    .path()
+                    .and_then(|_| state.builtins.get(p.name()))
+                    .map(|b| b.version().to_owned()),
                 hash: p.hash().to_owned(),
                 loaded_at: p
                     .loaded_at()
@@ -313,7 +381,10 @@ impl PluginRegistry {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
                 entities: p.configs().entities(),
-                last_error: state.files.get(p.path()).and_then(|f| f.last_error.clone()),
+                last_error: p
+                    .path()
+                    .and_then(|path| state.files.get(path))
+                    .and_then(|f| f.last_error.clone()),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -323,6 +394,22 @@ impl PluginRegistry {
     /// Every file seen in the plugin directory, loaded or not.
     pub fn files(&self) -> Vec<FileStatus> {
         self.read().files.values().cloned().collect()
+    }
+}
+
+impl State {
+    fn serving(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.get(name).or_else(|| self.builtins.get(name))
+    }
+
+    /// File plugins, then the built-ins no file overrides.
+    fn all_serving(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.plugins.values().chain(
+            self.builtins
+                .iter()
+                .filter(|(name, _)| !self.plugins.contains_key(*name))
+                .map(|(_, p)| p),
+        )
     }
 }
 

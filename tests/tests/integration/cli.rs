@@ -218,8 +218,10 @@ fn run_loads_the_plugin_directory() {
     let _ = child.wait();
     let line = loaded_line.expect("the host logs the plugins it loaded");
     assert!(
-        line.contains("hostile@1.0.0") && line.contains("loaded=1"),
-        "{line}"
+        line.contains("hostile@1.0.0")
+            && line.contains("schematic@0.1.0 (builtin:")
+            && line.contains("loaded=3"),
+        "the file plugin and the two built-ins: {line}"
     );
     assert!(
         dir.path()

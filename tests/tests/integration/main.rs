@@ -4,10 +4,13 @@
 
 mod api;
 mod cli;
+mod core_path;
+mod drop_in;
 mod end_to_end;
 mod hot_reload;
 mod isolation;
 mod oplog_store;
+mod process;
 mod python_sdk;
 mod redis_writer;
 mod replicator;

@@ -126,6 +126,7 @@ both_backends!(
     rejected_records_are_listed_and_removed,
     entities_and_metadata,
     deleting_an_entity_removes_its_data,
+    an_entity_and_its_metadata_come_and_go_together,
     a_batch_lands_with_its_position_or_not_at_all,
 );
 
@@ -454,6 +455,100 @@ async fn deleting_an_entity_removes_its_data(fresh: Fresh) {
         .await
         .unwrap();
     assert_eq!(next.last_id, Some(3));
+}
+
+/// An entity is stored with its layout in one transaction and deleted with
+/// all its metadata (layout, load start), so its name can be used again: a
+/// re-created entity publishes a layout without finding a stale one.
+/// Before, a delete left the layout as JSON `null` and the next create of
+/// the name failed to read it.
+async fn an_entity_and_its_metadata_come_and_go_together(fresh: Fresh) {
+    use emcachers::cache::{EntityLayout, TableSpec};
+    let store = fresh.store;
+    let layout = |version: &str, generation: i64| EntityLayout {
+        version: version.into(),
+        table: TableSpec::json_document(),
+        generation,
+    };
+    let put = async |name: &str, layout: &EntityLayout| {
+        store
+            .put_entity_with_meta(
+                &entity(name, EntityStatus::Ready),
+                &[(EntityLayout::key(name), layout.to_value().unwrap())],
+            )
+            .await
+    };
+    put("gone", &layout("v1", 1)).await.unwrap();
+    put("kept", &layout("v1", 1)).await.unwrap();
+    store
+        .meta_set("load:gone", &json!({"head": 3}))
+        .await
+        .unwrap();
+    assert_eq!(
+        EntityLayout::load(store.as_ref(), "gone").await.unwrap(),
+        Some(layout("v1", 1))
+    );
+
+    assert!(store.delete_entity("gone").await.unwrap());
+    assert_eq!(store.meta_get("layout:gone").await.unwrap(), None);
+    assert_eq!(store.meta_get("load:gone").await.unwrap(), None);
+    assert_eq!(
+        EntityLayout::load(store.as_ref(), "kept").await.unwrap(),
+        Some(layout("v1", 1)),
+        "another entity's layout stays"
+    );
+
+    // The name again, a new life.
+    put("gone", &layout("v1", 2)).await.unwrap();
+    assert!(store.entity("gone").await.unwrap().is_some());
+    assert_eq!(
+        EntityLayout::load(store.as_ref(), "gone").await.unwrap(),
+        Some(layout("v1", 2))
+    );
+    assert!(
+        !layout("v1", 2)
+            .publish(store.as_ref(), "gone")
+            .await
+            .unwrap()
+    );
+
+    // A layout left as null by an earlier version reads as none and is replaced.
+    store.meta_set("layout:legacy", &json!(null)).await.unwrap();
+    assert_eq!(
+        EntityLayout::load(store.as_ref(), "legacy").await.unwrap(),
+        None
+    );
+    assert!(
+        layout("v1", 3)
+            .publish(store.as_ref(), "legacy")
+            .await
+            .unwrap()
+    );
+    assert!(store.meta_delete("layout:legacy").await.unwrap());
+    assert!(!store.meta_delete("layout:legacy").await.unwrap());
+
+    // When the layout cannot be written, the definition is not written either.
+    match store.backend() {
+        "sqlite" => rusqlite::Connection::open(&fresh.target)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON metadata WHEN NEW.key = 'layout:doomed'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap(),
+        _ => {
+            PostgresServer::shared().psql(
+                &fresh.target,
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
+                   RAISE EXCEPTION 'refused by the test'; END; $$ LANGUAGE plpgsql;
+                 CREATE TRIGGER refuse BEFORE INSERT ON metadata FOR EACH ROW
+                   WHEN (NEW.key = 'layout:doomed') EXECUTE FUNCTION refuse();",
+            );
+        }
+    }
+    let error = put("doomed", &layout("v1", 4)).await.unwrap_err();
+    assert!(error.to_string().contains("refused by the test"), "{error}");
+    assert!(store.entity("doomed").await.unwrap().is_none());
 }
 
 /// Kill a writer process (SIGKILL) while it appends large batches, several

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emcachers::breaker::BreakerState;
+use emcachers::cache::Offset;
 use emcachers::cache::redis::{
     LockState, MemoryConfig, MemoryTarget, RedisWriter, RedisWriterConfig, ReplayCursorConfig,
     Waiting,
@@ -22,6 +23,11 @@ use serde_json::{Value, json};
 
 const LOCK: &str = "schematic:datastream:writer_lock";
 const OFFSET: &str = "emcachers:redis:offset";
+
+/// The offset `id` of the setup's oplog, as the writer saves it.
+fn at(s: &Setup, id: i64) -> Option<String> {
+    Some(Offset::new(s.store.identity(), id).encode())
+}
 const CURSOR: &str = "schematic:datastream:replay_cursor";
 
 // ---------------------------------------------------------------- setup
@@ -291,7 +297,7 @@ async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
     // A fresh Redis: bootstrap (of nothing), then tail.
     let first = writer.catch_up().await.expect("first catch-up");
     assert!(first.bootstrapped);
-    assert_eq!(redis.get(OFFSET).as_deref(), Some("0"));
+    assert_eq!(redis.get(OFFSET), at(&s, 0));
 
     append(
         &s.store,
@@ -299,7 +305,7 @@ async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
             flag("My-Flag"),
             company("comp_1", json!({"domain": "Acme.com", "slug": "acme"})),
             user("user_1", json!({"email": "Ada@Example.com"})),
-            // keys() rejects a non-string lookup value: counted and skipped.
+            // keys() rejects a non-string lookup value: dead-lettered.
             company("comp_bad", json!({"domain": 5})),
         ],
         Some("1700000000000-0"),
@@ -307,8 +313,24 @@ async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
     .await;
     let report = writer.catch_up().await.expect("catch up");
     assert_eq!(
-        (report.read, report.upserted, report.skipped, report.offset),
-        (4, 3, 1, 4)
+        (
+            report.read,
+            report.upserted,
+            report.skipped,
+            report.dead_lettered,
+            report.offset
+        ),
+        (4, 3, 0, 1, 4)
+    );
+    let dead = s.store.rejected(0, 10).await.expect("rejected records");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (
+            dead[0].source.as_str(),
+            dead[0].entity.as_str(),
+            dead[0].doc_id.as_str()
+        ),
+        ("cache-writer:redis", "companies", "comp_bad")
     );
     assert_eq!(report.keys_written, 6);
 
@@ -363,7 +385,14 @@ async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
     assert_eq!(snapshot.redis, "connected");
     assert_eq!(snapshot.lock, LockState::Held);
     assert_eq!(snapshot.breaker, BreakerState::Closed);
-    assert_eq!((snapshot.applied_offset, snapshot.rows_skipped), (4, 1));
+    assert_eq!(
+        (
+            snapshot.applied_offset,
+            snapshot.rows_skipped,
+            snapshot.rows_dead_lettered
+        ),
+        (4, 0, 1)
+    );
     assert_eq!(
         snapshot.versions,
         [("companies", "v1"), ("flags", "v1"), ("users", "v1")]
@@ -411,7 +440,7 @@ async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
 
     // Applying the whole log again changes nothing.
     let before = dump(&redis);
-    redis.cli(&["SET", OFFSET, "0"]);
+    redis.cli(&["SET", OFFSET, &at(&s, 0).expect("offset")]);
     let again = writer.catch_up().await.expect("re-apply");
     assert_eq!((again.read, again.offset), (7, 7));
     assert_eq!(dump(&redis), before);
@@ -535,7 +564,7 @@ async fn version_change_then_cleanup(kv: &dyn Kv, config: RedisWriterConfig) {
         .collect();
     assert_eq!(left, v2);
     assert_eq!(kv.get("other:v1:x").as_deref(), Some("1"));
-    assert_eq!(kv.get(OFFSET).as_deref(), Some("45"));
+    assert_eq!(kv.get(OFFSET), at(&s, 45));
     assert_eq!(writer.status().snapshot().cleanup_removed, cleanup.removed);
     // Nothing left to clean.
     assert_eq!(writer.cleanup_now().await.expect("again").removed, 0);
@@ -614,7 +643,7 @@ async fn cluster_applies_lookup_changes_and_deletes() {
     append(&s.store, vec![delete("companies", "comp_1")], None).await;
     writer.catch_up().await.expect("delete");
     assert!(cluster.keys("schematic:company:").is_empty());
-    assert_eq!(cluster.get(OFFSET).as_deref(), Some("4"));
+    assert_eq!(cluster.get(OFFSET), at(&s, 4));
     assert_eq!(cluster.get(LOCK).as_deref(), writer.lock_token());
 }
 
@@ -738,7 +767,7 @@ async fn the_writer_lock_keeps_a_second_writer_out() {
         writer.step().await.expect("step").waiting,
         Some(Waiting::Lock)
     );
-    assert_eq!(redis.get(OFFSET).as_deref(), Some("2"));
+    assert_eq!(redis.get(OFFSET), at(&s, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,7 +822,7 @@ async fn the_memory_target_applies_the_same_semantics() {
         memory.keys("schematic:"),
         set(&["schematic:flags:v2:my-flag"])
     );
-    assert_eq!(memory.get(OFFSET).as_deref(), Some("4"));
+    assert_eq!(memory.get(OFFSET), at(&s, 4));
     let snapshot = writer.status().snapshot();
     assert_eq!(
         (snapshot.target.as_str(), snapshot.lock, snapshot.connected),

@@ -1,6 +1,8 @@
 //! The SQLite cache replicator against a real oplog store: apply, re-apply,
 //! delete, column types, indexes, offset resume, rebuild on a new layout
-//! version, entity deletion and idle connections.
+//! version, entity deletion and idle connections; one failing entity not
+//! stopping the others, failed rebuilds leaving no files, and a re-created
+//! entity not reusing its previous life's cache.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,6 +52,21 @@ fn layout(version: &str) -> EntityLayout {
                 unique: false,
             }],
         },
+        generation: 0,
+    }
+}
+
+/// `layout(version)` with a unique index on `name`.
+fn unique_names(version: &str) -> EntityLayout {
+    let mut layout = layout(version);
+    layout.table.indexes[0].unique = true;
+    layout
+}
+
+fn row(entity: &str, id: &str, data: Value) -> NewRow {
+    NewRow {
+        entity: entity.into(),
+        ..upsert(id, data)
     }
 }
 
@@ -347,4 +364,263 @@ async fn idle_connections_are_closed_and_removed_entities_lose_their_directory()
     assert!(s.dbs.remove("people").unwrap());
     assert!(!s.dbs.entity_dir("people").exists());
     assert!(s.dir.path().join("dbs").exists());
+}
+
+fn rebuild_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|files| {
+            files
+                .filter_map(|f| f.ok())
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("rebuild"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn quick_retries(s: &Setup) -> SqliteReplicator {
+    SqliteReplicator::open(
+        s.store.clone(),
+        s.dbs.clone(),
+        ReplicatorConfig {
+            batch_size: 3,
+            retry_initial: Duration::from_millis(1),
+            retry_max: Duration::from_millis(5),
+            ..ReplicatorConfig::default()
+        },
+    )
+    .await
+    .expect("replicator")
+}
+
+/// Step `replicator` until `done` holds (retries are due after a few ms),
+/// at most 30 s.
+async fn step_until(
+    replicator: &mut SqliteReplicator,
+    what: &str,
+    mut done: impl FnMut(&SqliteReplicator) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(replicator) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        replicator.step().await.expect("step");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `people` has a unique index on `name` and two rows with the same name;
+/// `pets` replicates all the same, the offset stays before `people`'s
+/// failing entries (also across a restart), and `people` catches up once
+/// its layout no longer has the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_entity_does_not_stop_the_others() {
+    let s = setup(Duration::from_secs(60));
+    unique_names("v1")
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    layout("v1")
+        .publish(s.store.as_ref(), "pets")
+        .await
+        .unwrap();
+    let mut replicator = quick_retries(&s).await;
+    // Both databases exist, so the failure is in applying entries (not in a rebuild).
+    for (entity, layout) in [("people", unique_names("v1")), ("pets", layout("v1"))] {
+        replicator.ensure_layout(entity, &layout).await.unwrap();
+    }
+    append(
+        &s.store,
+        vec![
+            row("pets", "x1", json!({"name": "Rex"})),
+            row("people", "p1", json!({"name": "Ada"})),
+            row("pets", "x2", json!({"name": "Tom"})),
+        ],
+    )
+    .await;
+    append(
+        &s.store,
+        vec![
+            row("people", "p2", json!({"name": "Ada"})),
+            row("pets", "x3", json!({"name": "Kit"})),
+        ],
+    )
+    .await;
+
+    let first = replicator.step().await.unwrap();
+    assert_eq!((first.read, first.upserted, first.failed), (3, 3, 0));
+    let second = replicator.step().await.unwrap();
+    assert_eq!(
+        (second.read, second.upserted, second.failed),
+        (2, 1, 1),
+        "pets' x3 applies, people's p2 fails"
+    );
+    assert_eq!(second.offset, 3, "held before people's failing entry 4");
+    let failing = replicator.failing();
+    assert_eq!(failing.len(), 1);
+    assert_eq!(
+        (failing[0].entity.as_str(), failing[0].resume_after),
+        ("people", 3)
+    );
+    assert!(failing[0].error.contains("UNIQUE"), "{}", failing[0].error);
+    let status = s.dbs.replicator_status();
+    assert_eq!(status.failures_total(), 1);
+    assert_eq!(status.failing(), failing);
+
+    // The others go on while people is retried (and fails again).
+    append(&s.store, vec![row("pets", "x4", json!({"name": "Bo"}))]).await;
+    step_until(&mut replicator, "people retried twice", |r| {
+        r.failing().first().is_some_and(|f| f.attempts >= 3)
+    })
+    .await;
+    assert_eq!(
+        query(&s.dbs.db_path("pets"), "SELECT id FROM pets ORDER BY id"),
+        vec![
+            vec![json!("x1")],
+            vec![json!("x2")],
+            vec![json!("x3")],
+            vec![json!("x4")]
+        ]
+    );
+    assert_eq!(
+        query(
+            &s.dbs.db_path("people"),
+            "SELECT id FROM people ORDER BY id"
+        ),
+        vec![vec![json!("p1")]]
+    );
+    assert_eq!(replicator.offset(), 3);
+    drop(replicator);
+
+    // A restart forgets the failure but not the offset: people's entry is read again.
+    let mut replicator = quick_retries(&s).await;
+    assert_eq!(replicator.offset(), 3);
+    let report = replicator.step().await.unwrap();
+    assert_eq!((report.read, report.failed, report.skipped), (3, 1, 2));
+    assert_eq!(replicator.offset(), 3);
+
+    // Without the unique index people is rebuilt from the latest rows and rejoins.
+    layout("v2")
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    step_until(&mut replicator, "people recovered", |r| {
+        r.failing().is_empty()
+    })
+    .await;
+    assert_eq!(replicator.offset(), 6);
+    assert_eq!(
+        query(
+            &s.dbs.db_path("people"),
+            "SELECT id, name FROM people ORDER BY id"
+        ),
+        vec![
+            vec![json!("p1"), json!("Ada")],
+            vec![json!("p2"), json!("Ada")]
+        ]
+    );
+    assert!(s.dbs.replicator_status().recoveries_total() >= 1);
+    append(&s.store, vec![row("people", "p3", json!({"name": "Cy"}))]).await;
+    let report = replicator.catch_up().await.unwrap();
+    assert_eq!((report.upserted, report.failed, report.offset), (1, 0, 7));
+}
+
+/// A rebuild that fails (its rows break a unique index) removes its file
+/// every time; files of dead processes are swept when a manager opens the
+/// directory, files of live ones are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_rebuilds_leave_no_files_and_leftovers_are_swept() {
+    let s = setup(Duration::from_secs(60));
+    unique_names("v1")
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    append(
+        &s.store,
+        vec![
+            upsert("p1", json!({"name": "Ada"})),
+            upsert("p2", json!({"name": "Ada"})),
+        ],
+    )
+    .await;
+    let mut replicator = quick_retries(&s).await;
+    let error = replicator
+        .rebuild("people", &unique_names("v1"))
+        .await
+        .expect_err("the rows break the unique index");
+    assert!(error.to_string().contains("UNIQUE"), "{error}");
+    let dir = s.dbs.entity_dir("people");
+    assert!(rebuild_files(&dir).is_empty(), "{:?}", rebuild_files(&dir));
+    // The replicator's bootstrap fails the same way, again and again.
+    step_until(&mut replicator, "three failed bootstraps", |r| {
+        r.failing().first().is_some_and(|f| f.attempts >= 3)
+    })
+    .await;
+    assert!(rebuild_files(&dir).is_empty(), "{:?}", rebuild_files(&dir));
+    assert!(!s.dbs.db_path("people").exists());
+    drop(replicator);
+
+    // Leftovers of a process that died mid-rebuild; one of this (live) process.
+    std::fs::create_dir_all(&dir).unwrap();
+    let own = format!("db.sqlite.rebuild-{}-999", std::process::id());
+    for name in [
+        "db.sqlite.rebuild-999999999-0",
+        "db.sqlite.rebuild-999999999-0-wal",
+        "db.sqlite.rebuild-999999999-0-shm",
+        own.as_str(),
+    ] {
+        std::fs::write(dir.join(name), b"partial").unwrap();
+    }
+    let reopened = CacheDbManager::open(s.dbs.root(), Duration::from_secs(60)).unwrap();
+    assert_eq!(rebuild_files(&reopened.entity_dir("people")), vec![own]);
+}
+
+/// A node that missed an entity's delete still has its database; when the
+/// entity is created again (a new generation in its layout) the database
+/// is rebuilt, not reused with the previous life's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_entity_does_not_reuse_its_previous_cache() {
+    let s = setup(Duration::from_secs(60));
+    let first_life = EntityLayout {
+        generation: 1000,
+        ..layout("v1")
+    };
+    first_life
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    append(&s.store, vec![upsert("p1", json!({"name": "old"}))]).await;
+    let mut replicator = replicator(&s).await;
+    replicator.catch_up().await.unwrap();
+    assert_eq!(
+        query(&s.dbs.db_path("people"), "SELECT id FROM people"),
+        vec![vec![json!("p1")]]
+    );
+
+    // Deleted and created again elsewhere: same plugin version, new life.
+    assert!(!s.store.delete_entity("people").await.unwrap());
+    assert_eq!(
+        EntityLayout::load(s.store.as_ref(), "people")
+            .await
+            .unwrap(),
+        None
+    );
+    let second_life = EntityLayout {
+        generation: 2000,
+        ..layout("v1")
+    };
+    second_life
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    append(&s.store, vec![upsert("p9", json!({"name": "new"}))]).await;
+    let report = replicator.catch_up().await.unwrap();
+    assert_eq!(report.rebuilt, 1);
+    assert_eq!(
+        query(&s.dbs.db_path("people"), "SELECT id FROM people"),
+        vec![vec![json!("p9")]]
+    );
+    assert_eq!(
+        s.dbs.state("people").unwrap().map(|st| st.generation),
+        Some(2000)
+    );
 }

@@ -577,6 +577,7 @@ impl Harness {
             ("SCHEMATIC_API_URL", server.http_url()),
             ("ASYNC_LOADER_RATE_LIMIT_RPS", "1000".to_owned()),
             ("CIRCUIT_BREAKER_TIMEOUT", "200ms".to_owned()),
+            ("ASYNC_LOADER_CIRCUIT_BREAKER_TIMEOUT", "200ms".to_owned()),
         ]);
         vars.extend(backend.vars());
         Harness {
@@ -1623,6 +1624,8 @@ fn env_profile_through_the_binary() {
         .port();
     let log_path = h.dir.path().join("emcachers.log");
     let log = std::fs::File::create(&log_path).expect("log file");
+    let cwd = h.dir.path().join("empty-cwd");
+    std::fs::create_dir_all(&cwd).expect("cwd");
     let started = Instant::now();
     let child = Command::new(bin)
         .arg("run")
@@ -1632,7 +1635,12 @@ fn env_profile_through_the_binary() {
         .env("REDIS_ADDR", redis.addr())
         .env("HEALTH_PORT", port.to_string())
         .env("EMCACHERS_DATA_DIR", h.dir.path().join("data"))
-        .env("EMCACHERS_PLUGINS__DIR", h.dir.path().join("plugins"))
+        // No plugin directory: the schematic plugin built into the binary serves.
+        .current_dir(&cwd)
+        .env(
+            "EMCACHERS_PLUGINS__CACHE_DIR",
+            emcachers_tests::plugin_cache_dir(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -1649,6 +1657,11 @@ fn env_profile_through_the_binary() {
     assert!(ok, "/ready never 200: {last:?}\n{}", log_text());
     assert_ready_body(&last.1, "v1");
     h.assert_holds(&initial_model("v1"));
+    assert!(
+        log_text().contains("built-in plugin loaded"),
+        "the built-in schematic plugin served:\n{}",
+        log_text()
+    );
     let (status, _) = get_json(&h.http, &format!("http://127.0.0.1:{port}/health"));
     assert_eq!(status, 200);
     assert!(

@@ -203,6 +203,13 @@ impl MemoryTarget {
                             .collect(),
                     )
                 }
+                Command::HKeys { key } => Reply::Values(
+                    inner
+                        .hashes
+                        .get(key)
+                        .map(|h| h.keys().cloned().map(Some).collect())
+                        .unwrap_or_default(),
+                ),
                 Command::HSet { key, field, value } => {
                     inner
                         .hashes

@@ -16,7 +16,7 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | whatever the plugin's `keys` returns | the entity data (`PX ttl` when `ttl_secs > 0`) |
+//! | whatever the plugin's `keys` returns | the entity data (`PX ttl` when a TTL is set: `ttl_ms`, else `ttl_secs`) |
 //! | `{state_prefix}offset` | the last applied oplog id |
 //! | `{state_prefix}version:{entity}` | the cache version the entity was built with |
 //! | `{state_prefix}keys:{entity}` | hash: row id → `{"v": version, "k": [keys]}` |
@@ -34,7 +34,7 @@ mod target;
 pub mod writer;
 
 pub use cleanup::CleanupReport;
-pub use config::{LockConfig, MemoryConfig, RedisWriterConfig, ReplayCursorConfig};
+pub use config::{ConfigProblem, LockConfig, MemoryConfig, RedisWriterConfig, ReplayCursorConfig};
 pub use error::RedisWriterError;
 pub use memory::MemoryTarget;
 pub use status::{LockState, RedisWriterSnapshot, RedisWriterStatus};

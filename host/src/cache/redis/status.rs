@@ -75,8 +75,16 @@ pub struct RedisWriterSnapshot {
     pub keys_deleted: u64,
     /// Rows applied (upserts and deletes of in-scope entities).
     pub rows_applied: u64,
-    /// Rows skipped: item errors of `keys`, or no plugin loaded.
+    /// Rows of entities waiting for a plugin or a cache version: not
+    /// written now; the entity is rebuilt from its latest rows once it has
+    /// one (see `waiting_entities`).
     pub rows_skipped: u64,
+    /// Rows the writer could not apply, kept as rejected records (source
+    /// `cache-writer:redis`) to inspect and replay.
+    pub rows_dead_lettered: u64,
+    /// In-scope entities that wait for a plugin or a cache version; the
+    /// cache is incomplete while any does.
+    pub waiting_entities: Vec<String>,
     /// Batches written.
     pub batches: u64,
     /// Failed steps.
@@ -112,6 +120,8 @@ pub struct RedisWriterStatus {
     keys_deleted: AtomicU64,
     rows_applied: AtomicU64,
     rows_skipped: AtomicU64,
+    rows_dead_lettered: AtomicU64,
+    waiting: Mutex<std::collections::BTreeSet<String>>,
     batches: AtomicU64,
     errors: AtomicU64,
     rebuilds: AtomicU64,
@@ -147,6 +157,8 @@ impl RedisWriterStatus {
             keys_deleted: AtomicU64::new(0),
             rows_applied: AtomicU64::new(0),
             rows_skipped: AtomicU64::new(0),
+            rows_dead_lettered: AtomicU64::new(0),
+            waiting: Mutex::new(std::collections::BTreeSet::new()),
             batches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
@@ -209,6 +221,16 @@ impl RedisWriterStatus {
         self.rows_skipped.load(Ordering::Relaxed)
     }
 
+    /// Rows dead-lettered so far.
+    pub fn rows_dead_lettered(&self) -> u64 {
+        self.rows_dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// In-scope entities waiting for a plugin or a cache version.
+    pub fn waiting_entities(&self) -> Vec<String> {
+        lock(&self.waiting).iter().cloned().collect()
+    }
+
     /// Keys removed by cleanups so far.
     pub fn cleanup_removed(&self) -> u64 {
         self.cleanup_removed.load(Ordering::Relaxed)
@@ -235,6 +257,8 @@ impl RedisWriterStatus {
             keys_deleted: self.keys_deleted.load(Ordering::Relaxed),
             rows_applied: self.rows_applied(),
             rows_skipped: self.rows_skipped(),
+            rows_dead_lettered: self.rows_dead_lettered(),
+            waiting_entities: self.waiting_entities(),
             batches: self.batches.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
@@ -278,6 +302,19 @@ impl RedisWriterStatus {
 
     pub(crate) fn add_skipped(&self, skipped: u64) {
         self.rows_skipped.fetch_add(skipped, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_dead_lettered(&self, rows: u64) {
+        self.rows_dead_lettered.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_waiting(&self, entity: &str, waiting: bool) {
+        let mut set = lock(&self.waiting);
+        if waiting {
+            set.insert(entity.to_owned());
+        } else {
+            set.remove(entity);
+        }
     }
 
     pub(crate) fn add_rebuild(&self) {

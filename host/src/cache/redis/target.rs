@@ -3,10 +3,16 @@
 //! in-process [`MemoryTarget`].
 //!
 //! The writer speaks a small command set ([`Command`]) so that the memory
-//! target can run the same batches as Redis. Every Redis call has a bounded
-//! timeout (connect and response), so a dead server is an error, not a
-//! hang; a timed-out or broken connection is dropped and made again on the
-//! next call.
+//! target can run the same batches as Redis. Every Redis call is bounded:
+//! connecting by `connect_timeout` (`REDIS_DIAL_TIMEOUT`), a command's round
+//! trip by `write_timeout + read_timeout` (the client has one timeout for
+//! both), a whole call, a reconnect included, by the sum of the three. A dead
+//! server is an error, not a hang; a timed-out or broken connection is
+//! dropped and made again on the next call. A single node reconnects at most
+//! `max_retries` times within a call (`REDIS_MAX_RETRIES`); a cluster
+//! request follows at most `max_redirects` redirections or retries
+//! (`REDIS_MAX_REDIRECTS`). With `tls_ca_file`, a TLS server must chain to
+//! the authorities in that file (instead of the built-in web PKI roots).
 //!
 //! Batches: on a single node one batch is one `MULTI`/`EXEC` pipeline. On a
 //! cluster a pipeline may only touch one slot, so a batch is split by slot
@@ -22,7 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates, Value};
 
 use super::config::RedisWriterConfig;
 use super::error::RedisWriterError;
@@ -57,6 +63,8 @@ pub(crate) enum Command {
     Del { key: String },
     /// `HMGET key field…`.
     HMGet { key: String, fields: Vec<String> },
+    /// `HKEYS key`.
+    HKeys { key: String },
     /// `HSET key field value`.
     HSet {
         key: String,
@@ -133,6 +141,7 @@ impl Command {
             | Command::SetState { key, .. }
             | Command::Del { key }
             | Command::HMGet { key, .. }
+            | Command::HKeys { key }
             | Command::HSet { key, .. }
             | Command::HDel { key, .. }
             | Command::LockAcquire { key, .. }
@@ -169,6 +178,11 @@ impl Command {
             Command::HMGet { key, fields } => {
                 let mut c = redis::cmd("HMGET");
                 c.arg(key).arg(fields);
+                c
+            }
+            Command::HKeys { key } => {
+                let mut c = redis::cmd("HKEYS");
+                c.arg(key);
                 c
             }
             Command::HSet { key, field, value } => {
@@ -213,7 +227,7 @@ impl Command {
                 Reply::Value(redis::from_redis_value::<Option<String>>(value).map_err(bad)?)
             }
             Command::Set { .. } | Command::SetState { .. } | Command::HSet { .. } => Reply::Done,
-            Command::HMGet { .. } => {
+            Command::HMGet { .. } | Command::HKeys { .. } => {
                 Reply::Values(redis::from_redis_value::<Vec<Option<String>>>(value).map_err(bad)?)
             }
             Command::LockAcquire { .. } => Reply::Flag(!matches!(value, Value::Nil)),
@@ -314,6 +328,22 @@ fn connection_addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
     }
 }
 
+/// The certificate authorities of `redis.tls_ca_file`: at least one PEM
+/// certificate, or a configuration error naming the file.
+fn read_ca(path: &std::path::Path) -> Result<TlsCertificates, RedisWriterError> {
+    let fail = |reason: String| {
+        RedisWriterError::Config(format!("tls_ca_file {}: {reason}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(fail("no PEM certificate in it".into()));
+    }
+    Ok(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    })
+}
+
 fn redis_settings(config: &RedisWriterConfig, db: i64) -> RedisConnectionInfo {
     let mut settings = RedisConnectionInfo::default().set_db(db);
     if let Some(user) = &config.username {
@@ -385,24 +415,30 @@ fn replies(
 }
 
 impl SingleNode {
-    fn new(config: &RedisWriterConfig) -> Result<SingleNode, RedisWriterError> {
+    fn new(
+        config: &RedisWriterConfig,
+        ca: Option<&TlsCertificates>,
+    ) -> Result<SingleNode, RedisWriterError> {
         let (host, port) = parse_addr(&config.addr)?;
         let info = connection_addr(host, port, config.tls)
             .into_connection_info()
             .map_err(redis_err("connect"))?
             .set_redis_settings(redis_settings(config, config.db));
-        let client = redis::Client::open(info).map_err(redis_err("connect"))?;
-        let timeout = config.timeout();
+        let client = match ca {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+            None => redis::Client::open(info),
+        }
+        .map_err(redis_err("connect"))?;
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
+            .set_connection_timeout(Some(config.connect_timeout()))
+            .set_response_timeout(Some(config.response_timeout()))
+            .set_number_of_retries(config.max_retries as usize)
             .set_max_delay(Duration::from_millis(500));
         Ok(SingleNode {
             client,
             manager_config,
             manager: Mutex::new(None),
-            timeout,
+            timeout: config.call_timeout(),
         })
     }
 
@@ -484,7 +520,10 @@ impl SingleNode {
 }
 
 impl ClusterNodes {
-    fn new(config: &RedisWriterConfig) -> Result<ClusterNodes, RedisWriterError> {
+    fn new(
+        config: &RedisWriterConfig,
+        ca: Option<&TlsCertificates>,
+    ) -> Result<ClusterNodes, RedisWriterError> {
         if config.db != 0 {
             return Err(RedisWriterError::Config(format!(
                 "db = {}: a Redis Cluster has only database 0",
@@ -501,11 +540,12 @@ impl ClusterNodes {
                     .set_redis_settings(redis_settings(config, 0)),
             );
         }
-        let timeout = config.timeout();
+        let timeout = config.call_timeout();
         let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(2)
+            .connection_timeout(config.connect_timeout())
+            .response_timeout(config.response_timeout())
+            .overall_response_timeout(Some(timeout))
+            .retries(config.max_redirects)
             .max_retry_wait(500);
         if let Some(user) = &config.username {
             builder = builder.username(user);
@@ -515,6 +555,9 @@ impl ClusterNodes {
         }
         if config.tls {
             builder = builder.tls(redis::TlsMode::Secure);
+        }
+        if let Some(certificates) = ca {
+            builder = builder.certs(certificates.clone());
         }
         let client = builder.build().map_err(redis_err("connect"))?;
         Ok(ClusterNodes {
@@ -698,10 +741,17 @@ impl Target {
                 memory.max_entries,
             ))));
         }
+        config
+            .check()
+            .map_err(|problem| RedisWriterError::Config(problem.to_string()))?;
+        let ca = match &config.tls_ca_file {
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
         if config.cluster {
-            Ok(Target::Cluster(ClusterNodes::new(config)?))
+            Ok(Target::Cluster(ClusterNodes::new(config, ca.as_ref())?))
         } else {
-            Ok(Target::Single(SingleNode::new(config)?))
+            Ok(Target::Single(SingleNode::new(config, ca.as_ref())?))
         }
     }
 
@@ -847,6 +897,30 @@ e7d1 127.0.0.1:30001@40001,node-a myself,master - 0 0 1 connected 0-5460
                     port: 30002
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn the_ca_file_must_hold_a_pem_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |file: &str| RedisWriterConfig {
+            tls: true,
+            tls_ca_file: Some(dir.path().join(file)),
+            ..RedisWriterConfig::default()
+        };
+        let error = |file: &str| match Target::new(&config(file)) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("{file} must be refused"),
+        };
+        assert!(error("missing.pem").contains("missing.pem"));
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate").expect("write");
+        assert!(error("junk.pem").contains("no PEM certificate"));
+        let refused = Target::new(&RedisWriterConfig {
+            ttl_secs: u64::MAX,
+            ..RedisWriterConfig::default()
+        });
+        assert!(
+            matches!(refused, Err(RedisWriterError::Config(reason)) if reason.contains("redis.ttl_secs"))
         );
     }
 

@@ -41,6 +41,8 @@ use super::remembered::{Plan, Remembered, RememberedCache};
 use super::status::{LockState, RedisWriterStatus};
 use super::target::{Command, Reply, Target};
 use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::cache::dead_letter::{self, DeadRow, bisect};
+use crate::cache::offset::{BootstrapReason, Offset, Resume, resume};
 use crate::oplog::{Op, OplogEntry, OplogStore};
 use crate::plugin::{CacheWrite, ItemError, LoadedPlugin, PluginError, PluginRegistry, Row, RowOp};
 
@@ -54,6 +56,8 @@ const VERSION_CHECK_EVERY: Duration = Duration::from_secs(1);
 const CURSOR_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the list of in-scope entities is re-read.
 const CANDIDATES_EVERY: Duration = Duration::from_secs(1);
+/// The writer's name on dead rows (`cache-writer:redis`).
+const WRITER_NAME: &str = "redis";
 /// Remembered-keys entries cached in memory at most.
 const REMEMBERED_CACHE_MAX: usize = 200_000;
 /// Retry delays after a failed step (before the breaker opens).
@@ -81,8 +85,11 @@ pub struct StepReport {
     pub upserted: usize,
     /// Delete rows applied.
     pub deleted: usize,
-    /// Rows skipped: item errors of `keys`, or no plugin loaded.
+    /// Rows of entities waiting for a plugin or a cache version (rebuilt
+    /// from their latest rows once they have one).
     pub skipped: usize,
+    /// Rows the writer could not apply, committed as rejected records.
+    pub dead_lettered: usize,
     /// Entries of entities out of scope (only the offset moved past them).
     pub ignored: usize,
     /// Entity keys set.
@@ -105,6 +112,7 @@ impl StepReport {
         self.upserted += other.upserted;
         self.deleted += other.deleted;
         self.skipped += other.skipped;
+        self.dead_lettered += other.dead_lettered;
         self.ignored += other.ignored;
         self.keys_written += other.keys_written;
         self.keys_deleted += other.keys_deleted;
@@ -129,6 +137,8 @@ enum Scope {
 struct Item {
     entity: String,
     doc_id: String,
+    /// The log entry (0 for rows read from the latest rows).
+    oplog_id: i64,
     op: Op,
     data: Option<String>,
 }
@@ -190,6 +200,10 @@ pub struct RedisWriter {
     remembered: RememberedCache,
     candidates: Vec<String>,
     candidates_at: Option<Instant>,
+    /// The entities defined in the store at the last check (`None`: not
+    /// read yet).
+    defined: Option<BTreeSet<String>>,
+    defined_at: Option<Instant>,
     last_state_check: Option<Instant>,
     last_version_check: Option<Instant>,
     last_cursor_check: Option<Instant>,
@@ -199,6 +213,9 @@ pub struct RedisWriter {
     cursor_checked_at: i64,
     /// A Redis call succeeded during the current step.
     talked: bool,
+    /// Dead rows committed whose batch is not written yet: a retried batch
+    /// does not keep them twice. Emptied once the offset passes them.
+    dead_pending: BTreeSet<(String, i64)>,
 }
 
 impl std::fmt::Debug for RedisWriter {
@@ -264,7 +281,7 @@ impl RedisWriter {
             addr = %config.addr,
             cluster = config.cluster,
             lock = lock_enabled,
-            ttl_secs = config.ttl_secs,
+            ttl_ms = config.ttl().map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             "redis writer opened"
         );
         Ok(RedisWriter {
@@ -283,12 +300,15 @@ impl RedisWriter {
             remembered: RememberedCache::new(REMEMBERED_CACHE_MAX),
             candidates: Vec::new(),
             candidates_at: None,
+            defined: None,
+            defined_at: None,
             last_state_check: None,
             last_version_check: None,
             last_cursor_check: None,
             cursor_written: None,
             cursor_checked_at: -1,
             talked: false,
+            dead_pending: BTreeSet::new(),
         })
     }
 
@@ -377,7 +397,19 @@ impl RedisWriter {
         !self.config.entities.is_empty()
     }
 
+    /// Whether `entity` was deleted: the store no longer defines it and no
+    /// plugin has it assigned. Its keys are purged and nothing is written.
+    fn gone(&self, entity: &str) -> bool {
+        self.defined
+            .as_ref()
+            .is_some_and(|defined| !defined.contains(entity))
+            && !self.registry.is_assigned(entity)
+    }
+
     fn scope(&self, entity: &str) -> Scope {
+        if self.gone(entity) {
+            return Scope::Out;
+        }
         let explicit = self.explicit();
         if explicit && !self.config.entities.iter().any(|e| e == entity) {
             return Scope::Out;
@@ -486,6 +518,9 @@ impl RedisWriter {
         if force || probing || !self.synced || due(self.last_state_check, STATE_CHECK_EVERY) {
             self.sync_state(report).await?;
         }
+        if force || due(self.defined_at, CANDIDATES_EVERY) {
+            self.purge_deleted().await?;
+        }
         let entries = self
             .store
             .read_log(self.offset, self.config.batch_size)
@@ -510,6 +545,49 @@ impl RedisWriter {
         Ok(())
     }
 
+    /// Re-read which entities the store defines; purge the cache of every
+    /// entity this writer holds state for that is gone (deleted): its keys
+    /// (by the remembered-keys hash), the hash and its version key.
+    async fn purge_deleted(&mut self) -> Result<(), RedisWriterError> {
+        let defined: BTreeSet<String> = self
+            .store
+            .entities()
+            .await?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        self.defined = Some(defined);
+        self.defined_at = Some(Instant::now());
+        let gone: Vec<String> = self
+            .stored
+            .iter()
+            .filter(|(entity, version)| version.is_some() && self.gone(entity))
+            .map(|(entity, _)| entity.clone())
+            .collect();
+        for entity in gone {
+            let mut report = StepReport::default();
+            let removed = self.remove_unlisted(&entity, &mut report).await?;
+            self.write(
+                &[vec![
+                    Command::Del {
+                        key: self.config.keys_key(&entity),
+                    },
+                    Command::Del {
+                        key: self.config.version_key(&entity),
+                    },
+                ]],
+                "purge a deleted entity",
+            )
+            .await?;
+            self.stored.insert(entity.clone(), None);
+            self.current.remove(&entity);
+            self.status.set_version(&entity, None);
+            self.status.set_waiting(&entity, false);
+            tracing::info!(entity = %entity, rows = removed, keys_deleted = report.keys_deleted, "deleted entity purged from the cache");
+        }
+        Ok(())
+    }
+
     /// Read the offset and the stored versions from Redis; bootstrap when
     /// the offset is missing.
     async fn sync_state(&mut self, report: &mut StepReport) -> Result<(), RedisWriterError> {
@@ -529,25 +607,20 @@ impl RedisWriter {
             self.stored.insert(entity.clone(), version);
         }
         self.last_state_check = Some(Instant::now());
-        let parsed = match offset.as_deref().map(str::parse::<i64>) {
-            Some(Ok(offset)) => Some(offset),
-            Some(Err(_)) => {
-                tracing::warn!(key = %self.config.offset_key(), value = ?offset, "unreadable offset in Redis: bootstrapping");
-                None
-            }
-            None => None,
-        };
-        match parsed {
-            None => {
-                if self.synced {
+        let head = self.store.head().await?;
+        match resume(offset.as_deref(), self.store.identity(), head) {
+            Resume::Bootstrap(reason) => {
+                if self.synced || reason != BootstrapReason::Missing {
                     tracing::warn!(
+                        key = %self.config.offset_key(),
                         offset = self.offset,
-                        "offset key gone from Redis (flushed or restarted): bootstrapping"
+                        %reason,
+                        "redis cache bootstrapping from the latest rows"
                     );
                 }
-                self.bootstrap(report).await?;
+                self.bootstrap(&reason, report).await?;
             }
-            Some(offset) => {
+            Resume::After(offset) => {
                 if self.synced && offset != self.offset {
                     tracing::warn!(
                         ours = self.offset,
@@ -567,9 +640,22 @@ impl RedisWriter {
         Ok(())
     }
 
+    /// The offset `id` of this oplog, as saved in Redis.
+    fn offset_command(&self, id: i64) -> Command {
+        Command::SetState {
+            key: self.config.offset_key(),
+            value: Offset::new(self.store.identity(), id).encode(),
+        }
+    }
+
     /// Write every live row of every in-scope entity, then the offset = the
-    /// log head read first.
-    async fn bootstrap(&mut self, report: &mut StepReport) -> Result<(), RedisWriterError> {
+    /// log head read first. When the cache may hold another oplog's data
+    /// (`reason`), rows it remembers that are not live here are deleted too.
+    async fn bootstrap(
+        &mut self,
+        reason: &BootstrapReason,
+        report: &mut StepReport,
+    ) -> Result<(), RedisWriterError> {
         let started = std::time::Instant::now();
         let head = self.store.head().await?;
         self.remembered.clear();
@@ -593,6 +679,9 @@ impl RedisWriter {
                 }
             };
             rows += self.load_entity(&entity, &plugin, &version, report).await?;
+            if reason.may_hold_foreign_data() {
+                self.remove_unlisted(&entity, report).await?;
+            }
             versions.push((entity, version));
         }
         let version_keys: Vec<Command> = versions
@@ -602,13 +691,11 @@ impl RedisWriter {
                 value: version.clone(),
             })
             .collect();
-        let offset = vec![Command::SetState {
-            key: self.config.offset_key(),
-            value: head.to_string(),
-        }];
+        let offset = vec![self.offset_command(head)];
         self.write(&[version_keys, offset], "bootstrap").await?;
         for (entity, version) in versions {
             self.status.set_version(&entity, Some(&version));
+            self.status.set_waiting(&entity, false);
             self.current.insert(entity.clone(), version.clone());
             self.stored.insert(entity, Some(version));
         }
@@ -620,10 +707,73 @@ impl RedisWriter {
         tracing::info!(
             head,
             rows,
+            %reason,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "redis cache bootstrapped from the latest rows"
         );
         Ok(())
+    }
+
+    /// Delete the rows that `entity`'s remembered-keys hash lists but that
+    /// are not live in this oplog's latest rows (the cache held another
+    /// oplog's data). Returns how many.
+    async fn remove_unlisted(
+        &mut self,
+        entity: &str,
+        report: &mut StepReport,
+    ) -> Result<u64, RedisWriterError> {
+        let replies = self
+            .exec(
+                &[Command::HKeys {
+                    key: self.config.keys_key(entity),
+                }],
+                "list remembered rows",
+            )
+            .await?;
+        let ids: Vec<String> = replies
+            .into_iter()
+            .next()
+            .map(Reply::into_values)
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut removed = 0u64;
+        for chunk in ids.chunks(self.config.batch_size) {
+            let live: BTreeSet<String> = self
+                .store
+                .latest(entity, chunk)
+                .await?
+                .into_iter()
+                .filter(|row| row.op == Op::Upsert)
+                .map(|row| row.doc_id)
+                .collect();
+            let items: Vec<Item> = chunk
+                .iter()
+                .filter(|id| !live.contains(*id))
+                .map(|id| Item {
+                    entity: entity.to_owned(),
+                    doc_id: id.clone(),
+                    oplog_id: 0,
+                    op: Op::Delete,
+                    data: None,
+                })
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            removed += items.len() as u64;
+            self.apply_items(items, &HashMap::new(), Vec::new(), None, report)
+                .await?;
+        }
+        if removed > 0 {
+            tracing::info!(
+                entity,
+                removed,
+                "rows this oplog does not have removed from the cache"
+            );
+        }
+        Ok(removed)
     }
 
     /// Write every live row of `entity` under `version` (pages of
@@ -654,6 +804,7 @@ impl RedisWriter {
                 .map(|r| Item {
                     entity: entity.to_owned(),
                     doc_id: r.doc_id,
+                    oplog_id: r.oplog_id,
                     op: Op::Upsert,
                     data: r.data,
                 })
@@ -710,16 +861,21 @@ impl RedisWriter {
                 Err(error) => {
                     tracing::warn!(entity = %entity, %error, "cannot read the entity's cache version");
                     self.current.remove(&entity);
+                    self.status.set_waiting(&entity, true);
                     continue;
                 }
             };
             self.current.insert(entity.clone(), version.clone());
             let stored = self.stored.get(&entity).cloned().flatten();
             if stored.as_deref() == Some(version.as_str()) {
+                self.status.set_waiting(&entity, false);
                 continue;
             }
             let started = std::time::Instant::now();
             let rows = self.load_entity(&entity, &plugin, &version, report).await?;
+            // Rows deleted while the entity had no version (or under the old
+            // one, in another oplog) still have keys: remove them.
+            self.remove_unlisted(&entity, report).await?;
             self.write(
                 &[vec![Command::SetState {
                     key: self.config.version_key(&entity),
@@ -737,6 +893,7 @@ impl RedisWriter {
                 "entity rebuilt under a new cache version"
             );
             self.status.set_version(&entity, Some(&version));
+            self.status.set_waiting(&entity, false);
             self.status.add_rebuild();
             self.stored.insert(entity, Some(version));
             report.rebuilt += 1;
@@ -776,8 +933,12 @@ impl RedisWriter {
                             plugins.insert(entry.entity.clone(), (plugin, version.clone()));
                         }
                         None => {
-                            tracing::warn!(entity = %entry.entity, doc_id = %entry.doc_id, error = "the plugin gave no cache version", "row skipped");
-                            skipped += 1;
+                            // Like a missing plugin: rebuilt from the latest
+                            // rows once the plugin names a version.
+                            missing
+                                .entry(entry.entity.clone())
+                                .or_insert_with(|| (0, entry.doc_id.clone()))
+                                .0 += 1;
                             continue;
                         }
                     },
@@ -786,14 +947,16 @@ impl RedisWriter {
             items.push(Item {
                 entity: entry.entity,
                 doc_id: entry.doc_id,
+                oplog_id: entry.id,
                 op: entry.op,
                 data: entry.data,
             });
         }
         let mut extra_state = Vec::new();
         for (entity, (rows, first)) in missing {
-            tracing::warn!(entity = %entity, doc_id = %first, rows, error = "no plugin is loaded for the entity", "rows skipped");
+            tracing::warn!(entity = %entity, doc_id = %first, rows, error = "no plugin serves the entity or it names no cache version", "entity waits: rebuilt from its latest rows once it has a version");
             skipped += rows as u64;
+            self.status.set_waiting(&entity, true);
             // Forget the stored version: the entity is rebuilt from its
             // latest rows once a plugin serves it again.
             if matches!(self.stored.get(&entity), Some(Some(_))) {
@@ -829,7 +992,7 @@ impl RedisWriter {
         let mut jobs: Vec<(String, Arc<LoadedPlugin>, Vec<Row>)> = Vec::new();
         let mut job_of: HashMap<String, usize> = HashMap::new();
         let mut slots: Vec<Option<(usize, usize)>> = Vec::with_capacity(items.len());
-        let mut heads: Vec<(String, String, Op)> = Vec::with_capacity(items.len());
+        let mut heads: Vec<(String, String, Op, i64)> = Vec::with_capacity(items.len());
         for item in items {
             let slot = match (item.op, item.data, plugins.get(&item.entity)) {
                 (Op::Upsert, Some(data), Some((plugin, _))) => {
@@ -849,19 +1012,27 @@ impl RedisWriter {
                 _ => None,
             };
             slots.push(slot);
-            heads.push((item.entity, item.doc_id, item.op));
+            heads.push((item.entity, item.doc_id, item.op, item.oplog_id));
         }
-        let mut results: Vec<Vec<Option<KeysResult>>> = if jobs.is_empty() {
+        // A call that fails as a whole (trap, deadline) is narrowed down to
+        // the rows that cause it; only those fail.
+        let mut results: Vec<(Vec<Row>, Vec<Option<KeysResult>>)> = if jobs.is_empty() {
             Vec::new()
         } else {
             blocking(move || {
                 jobs.into_iter()
                     .map(|(entity, plugin, rows)| {
-                        plugin
-                            .keys(&entity, &rows)
-                            .into_iter()
-                            .map(Some)
-                            .collect::<Vec<_>>()
+                        let mut calls = 0;
+                        let results = bisect(
+                            &rows,
+                            &mut |part: &[Row]| plugin.keys(&entity, part),
+                            &|error: &ItemError| matches!(error, ItemError::BatchFailed { .. }),
+                            &mut calls,
+                        );
+                        if calls > 1 {
+                            tracing::warn!(entity = %entity, plugin = %plugin.label(), rows = rows.len(), calls, "keys failed for a whole batch: narrowed to the rows that fail");
+                        }
+                        (rows, results.into_iter().map(Some).collect::<Vec<_>>())
                     })
                     .collect()
             })
@@ -871,7 +1042,7 @@ impl RedisWriter {
         // 2. Remembered entries the cache lacks: one HMGET per entity.
         self.remembered.reserve(heads.len());
         let mut by_entity: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (entity, doc_id, _) in &heads {
+        for (entity, doc_id, _, _) in &heads {
             by_entity.entry(entity).or_default().push(doc_id);
         }
         let mut reads: Vec<(String, Vec<String>)> = Vec::new();
@@ -905,8 +1076,31 @@ impl RedisWriter {
 
         // 3. The plan, in log order.
         let mut plan = Plan::default();
-        let (mut upserted, mut deleted, mut skipped) = (0usize, 0usize, 0usize);
-        for ((entity, doc_id, op), slot) in heads.into_iter().zip(slots) {
+        let (mut upserted, mut deleted) = (0usize, 0usize);
+        let mut dead: Vec<DeadRow> = Vec::new();
+        let dead_row = |entity: &str,
+                        doc_id: &str,
+                        oplog_id: i64,
+                        data: Option<String>,
+                        error: String| {
+            let (plugin, version) = plugins
+                .get(entity)
+                .map(|(p, _)| (p.name().to_owned(), p.version().to_owned()))
+                .unwrap_or_default();
+            tracing::warn!(entity, doc_id, oplog_id, %error, "row dead-lettered: the redis writer cannot apply it (replay it from the rejected records)");
+            DeadRow {
+                writer: WRITER_NAME,
+                entity: entity.to_owned(),
+                doc_id: doc_id.to_owned(),
+                oplog_id,
+                op: Op::Upsert,
+                data,
+                plugin,
+                plugin_version: version,
+                error,
+            }
+        };
+        for ((entity, doc_id, op, oplog_id), slot) in heads.into_iter().zip(slots) {
             let before = self.remembered.get(&entity, &doc_id).cloned().flatten();
             match (op, slot) {
                 (Op::Delete, _) => {
@@ -914,14 +1108,24 @@ impl RedisWriter {
                     deleted += 1;
                 }
                 (Op::Upsert, None) => {
-                    tracing::warn!(entity = %entity, doc_id = %doc_id, error = "upsert row without data", "row skipped");
-                    skipped += 1;
+                    dead.push(dead_row(
+                        &entity,
+                        &doc_id,
+                        oplog_id,
+                        None,
+                        "upsert row without data".to_owned(),
+                    ));
                 }
                 (Op::Upsert, Some((job, index))) => {
-                    let result = results
-                        .get_mut(job)
-                        .and_then(|r| r.get_mut(index))
-                        .and_then(Option::take);
+                    let (rows, job_results) = match results.get_mut(job) {
+                        Some((rows, results)) => (Some(rows), results.get_mut(index)),
+                        None => (None, None),
+                    };
+                    let result = job_results.and_then(Option::take);
+                    let data = || {
+                        rows.and_then(|rows| rows.get_mut(index))
+                            .map(|row| std::mem::take(&mut row.data))
+                    };
                     match result {
                         Some(Ok(writes)) => {
                             let version = plugins
@@ -933,28 +1137,55 @@ impl RedisWriter {
                             upserted += 1;
                         }
                         Some(Err(error)) => {
-                            tracing::warn!(entity = %entity, doc_id = %doc_id, %error, "row skipped: keys failed");
-                            skipped += 1;
+                            dead.push(dead_row(
+                                &entity,
+                                &doc_id,
+                                oplog_id,
+                                data(),
+                                error.to_string(),
+                            ));
                         }
                         None => {
-                            tracing::warn!(entity = %entity, doc_id = %doc_id, error = "the plugin returned no result", "row skipped");
-                            skipped += 1;
+                            dead.push(dead_row(
+                                &entity,
+                                &doc_id,
+                                oplog_id,
+                                data(),
+                                "the plugin returned no result".to_owned(),
+                            ));
                         }
                     }
                 }
             }
         }
 
-        // 4. Write: data, then remembered entries, then the offset.
+        // 4. Dead rows are committed before the offset may pass them (once:
+        // a batch retried after a failed write does not keep them again).
+        dead.retain(|row| {
+            row.oplog_id == 0
+                || !self
+                    .dead_pending
+                    .contains(&(row.entity.clone(), row.oplog_id))
+        });
+        let keys: Vec<(String, i64)> = dead
+            .iter()
+            .filter(|row| row.oplog_id > 0)
+            .map(|row| (row.entity.clone(), row.oplog_id))
+            .collect();
+        let dead_lettered = dead_letter::commit(self.store.as_ref(), dead).await? as u64;
+        self.dead_pending.extend(keys);
+        if dead_lettered > 0 {
+            self.status.add_dead_lettered(dead_lettered);
+            report.dead_lettered += dead_lettered as usize;
+        }
+
+        // 5. Write: data, then remembered entries, then the offset.
         let ttl = self.config.ttl();
         let config = &self.config;
         let mut out = plan.commands(ttl, |entity| config.keys_key(entity));
         out.state.extend(extra_state);
         let offset_phase: Vec<Command> = offset
-            .map(|offset| Command::SetState {
-                key: self.config.offset_key(),
-                value: offset.to_string(),
-            })
+            .map(|offset| self.offset_command(offset))
             .into_iter()
             .collect();
         self.write(
@@ -969,15 +1200,13 @@ impl RedisWriter {
         for (entity, doc_id, entry) in out.remembered {
             self.remembered.insert(&entity, &doc_id, entry);
         }
-        self.status.add_batch(
-            (upserted + deleted) as u64,
-            skipped as u64,
-            out.written,
-            out.deleted,
-        );
+        if let Some(offset) = offset {
+            self.dead_pending.retain(|(_, id)| *id > offset);
+        }
+        self.status
+            .add_batch((upserted + deleted) as u64, 0, out.written, out.deleted);
         report.upserted += upserted;
         report.deleted += deleted;
-        report.skipped += skipped;
         report.keys_written += out.written;
         report.keys_deleted += out.deleted;
         Ok(())

@@ -15,7 +15,8 @@ pub struct DatastreamConfig {
     /// `SCHEMATIC_API_URL`: the REST API (initial load) and, unless
     /// `datastream_url` is set, where the datastream URL is derived from.
     pub api_url: String,
-    /// `SCHEMATIC_DATASTREAM_URL`.
+    /// `SCHEMATIC_DATASTREAM_URL` (or the older `SCHEMATIC_BASE_URL`);
+    /// derived from `api_url` when absent.
     pub datastream_url: Option<String>,
     /// Resume with `replay_from` after a reconnect or restart
     /// (`REPLAY_DISABLED` turns it off: every connect loads everything).
@@ -25,9 +26,11 @@ pub struct DatastreamConfig {
     /// The largest message accepted, in MiB (the bulk flags message can be
     /// large).
     pub max_message_mib: usize,
-    /// WebSocket ping period.
+    /// WebSocket ping period; keep it below `pong_timeout_ms`, or a quiet
+    /// but healthy server is taken for dead.
     pub ping_interval_ms: u64,
-    /// A connection that sent nothing (not even a pong) for this long is dead.
+    /// A connection that sent nothing (not even a pong) for this long since
+    /// the last frame it sent is dead: dropped and made again.
     pub pong_timeout_ms: u64,
     /// How long a write may take.
     pub write_timeout_ms: u64,
@@ -76,9 +79,10 @@ pub struct LoadConfig {
     pub page_retries: u32,
     /// First delay between retries (doubling, at most 30 s).
     pub retry_backoff_ms: u64,
-    /// `CIRCUIT_BREAKER_THRESHOLD`: consecutive failures that open the breaker.
+    /// `ASYNC_LOADER_CIRCUIT_BREAKER_THRESHOLD`: consecutive failed
+    /// requests that open the loader's breaker.
     pub breaker_threshold: u32,
-    /// `CIRCUIT_BREAKER_TIMEOUT`: how long it stays open.
+    /// `ASYNC_LOADER_CIRCUIT_BREAKER_TIMEOUT`: how long it stays open.
     pub breaker_timeout_ms: u64,
     /// Timeout of one request.
     pub request_timeout_ms: u64,
@@ -94,8 +98,8 @@ impl Default for LoadConfig {
             rate_limit_rps: 10.0,
             page_retries: 5,
             retry_backoff_ms: 500,
-            breaker_threshold: 3,
-            breaker_timeout_ms: 15_000,
+            breaker_threshold: 5,
+            breaker_timeout_ms: 30_000,
             request_timeout_ms: 30_000,
             retry_incomplete_ms: 30_000,
         }

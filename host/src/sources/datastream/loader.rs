@@ -17,6 +17,7 @@ use super::config::LoadConfig;
 use super::protocol::{REST_COMPANY, REST_USER};
 use super::status::{DatastreamStatus, bump};
 use crate::breaker::CircuitBreaker;
+use crate::cache::redis::config::MAX_DURATION;
 use crate::plugin::{Change, ChangeOp};
 use crate::sources::SourceBatch;
 
@@ -128,8 +129,7 @@ impl RestLoader {
             .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
             .connect_timeout(Duration::from_secs(10))
             .build()?;
-        let period = Duration::from_secs_f64(1.0 / config.rate_limit_rps.max(0.01));
-        let mut pacer = tokio::time::interval(period);
+        let mut pacer = tokio::time::interval(pace(config.rate_limit_rps));
         pacer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(RestLoader {
             client,
@@ -138,7 +138,7 @@ impl RestLoader {
             source: source.to_owned(),
             breaker: Arc::new(CircuitBreaker::new(
                 config.breaker_threshold.max(1),
-                Duration::from_millis(config.breaker_timeout_ms),
+                Duration::from_millis(config.breaker_timeout_ms).min(MAX_DURATION),
             )),
             config,
             pacer: Arc::new(Mutex::new(pacer)),
@@ -334,7 +334,7 @@ impl RestLoader {
                     tracing::warn!(source = %self.source, attempt, %error, "REST request failed");
                     if attempt < self.config.page_retries {
                         sleep_or_cancel(backoff, cancel).await?;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        backoff = backoff.saturating_mul(2).min(Duration::from_secs(30));
                     }
                 }
             }
@@ -361,9 +361,38 @@ impl RestLoader {
     }
 }
 
+/// The wait between two requests at `rps` requests per second: at least
+/// 1 µs (an interval cannot be zero), at most 100 s (rates below 0.01/s,
+/// zero, negative or not a number).
+fn pace(rps: f64) -> Duration {
+    const FASTEST: Duration = Duration::from_micros(1);
+    const SLOWEST: Duration = Duration::from_secs(100);
+    if rps.is_nan() || rps < 0.01 {
+        return SLOWEST;
+    }
+    Duration::try_from_secs_f64(1.0 / rps)
+        .unwrap_or(SLOWEST)
+        .clamp(FASTEST, SLOWEST)
+}
+
 async fn sleep_or_cancel(wait: Duration, cancel: &CancellationToken) -> Result<(), LoadError> {
     tokio::select! {
         _ = cancel.cancelled() => Err(LoadError::Cancelled),
         _ = tokio::time::sleep(wait) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_is_never_zero_nor_endless() {
+        assert_eq!(pace(10.0), Duration::from_millis(100));
+        assert_eq!(pace(1e12), Duration::from_micros(1));
+        assert_eq!(pace(f64::INFINITY), Duration::from_micros(1));
+        for rps in [0.0, -1.0, f64::NAN, 1e-300] {
+            assert_eq!(pace(rps), Duration::from_secs(100), "{rps}");
+        }
     }
 }

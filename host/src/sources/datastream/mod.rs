@@ -17,7 +17,10 @@
 //! that rejects the key closes with 4001 first, and `/ready` never flickers
 //! to 200 on such a connection.
 //!
-//! Keepalive: a ping every 30 s; a connection silent for 40 s is dead.
+//! Keepalive: a ping every 30 s; a connection from which no frame (pong,
+//! message, ping) arrived for 40 s is dead, detected at that moment (a
+//! deadline since the last frame, not a check at the next ping), dropped and
+//! made again; `keepalive_timeouts` counts these.
 //! Reconnects back off exponentially (1 s doubling to 30 s, plus up to 1 s
 //! of jitter), reset by a connection that delivered a message. A close with
 //! code 4001 (key rejected) is reported on the status (and so on `/ready`)
@@ -36,7 +39,7 @@ pub use status::{DatastreamCounters, DatastreamSnapshot, DatastreamStatus};
 pub use url::{UrlError, api_base, datastream_url};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -103,6 +106,11 @@ impl DatastreamSource {
             return Err(DatastreamError::NoApiKey(config.name.clone()));
         }
         let url = datastream_url(config.datastream_url.as_deref(), &config.api_url)?;
+        if config.ping_interval_ms >= config.pong_timeout_ms {
+            tracing::warn!(source = %config.name, ping_interval_ms = config.ping_interval_ms,
+                pong_timeout_ms = config.pong_timeout_ms,
+                "the ping period is not below the pong timeout: a quiet server will be taken for dead");
+        }
         let loader = RestLoader::new(
             &api_base(&config.api_url),
             &config.api_key,
@@ -169,6 +177,8 @@ impl DatastreamSource {
         out: &mpsc::Sender<SourceBatch>,
         cancel: &CancellationToken,
     ) -> SessionEnd {
+        // The upgrade is the first thing heard from the server.
+        let mut last_heard = tokio::time::Instant::now();
         let (mut sink, mut stream) = socket.split();
         let mut session = Session::new(self, out, cancel);
         let write_timeout = Duration::from_millis(self.config.write_timeout_ms.max(1));
@@ -210,18 +220,24 @@ impl DatastreamSource {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let pong_timeout = Duration::from_millis(self.config.pong_timeout_ms.max(1));
-        let mut last_heard = Instant::now();
         loop {
+            // Dead exactly `pong_timeout` after the last frame, whatever the
+            // ping period.
+            let dead_at = dead_at(last_heard, pong_timeout);
             tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = tokio::time::timeout(write_timeout, sink.send(WsMessage::Close(None))).await;
                     session.stop_load();
                     return SessionEnd::Cancelled;
                 }
+                _ = tokio::time::sleep_until(dead_at) => {
+                    bump(&self.status.counters.keepalive_timeouts);
+                    let silent_ms = u64::try_from(last_heard.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    tracing::warn!(source = %self.config.name, silent_ms, pong_timeout_ms = self.config.pong_timeout_ms,
+                        "datastream server silent past the pong timeout: connection dead");
+                    return session.lost(format!("nothing heard for {silent_ms} ms (pong timeout {} ms)", pong_timeout.as_millis()));
+                }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > pong_timeout {
-                        return session.lost(format!("nothing heard for {} ms", last_heard.elapsed().as_millis()));
-                    }
                     match tokio::time::timeout(write_timeout, sink.send(WsMessage::Ping(Vec::new().into()))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => return session.lost(format!("ping: {error}")),
@@ -241,7 +257,7 @@ impl DatastreamSource {
                     }
                 }
                 frame = stream.next() => {
-                    last_heard = Instant::now();
+                    last_heard = tokio::time::Instant::now();
                     let mut frames = vec![frame];
                     // Drain what is already buffered: one batch per wake-up.
                     while frames.len() < self.config.batch_max.max(1) {
@@ -325,6 +341,14 @@ async fn load_finished(load: &mut Option<LoadTask>) -> Result<LoadOutcome, LoadE
         }
         None => std::future::pending().await,
     }
+}
+
+/// When a connection last heard at `last_heard` counts as dead: `wait`
+/// later (far in the future when that overflows the clock).
+fn dead_at(last_heard: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    last_heard
+        .checked_add(wait)
+        .unwrap_or_else(|| last_heard + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Resolves at `at`; never without it.

@@ -46,6 +46,9 @@ pub struct DatastreamCounters {
     pub connects: AtomicU64,
     /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
+    /// Connections dropped because the server went silent past the pong
+    /// timeout.
+    pub keepalive_timeouts: AtomicU64,
     /// Change messages received.
     pub messages: AtomicU64,
     /// Bytes of change messages received.
@@ -80,6 +83,7 @@ impl DatastreamCounters {
         serde_json::json!({
             "connects": get(&self.connects),
             "connect_failures": get(&self.connect_failures),
+            "keepalive_timeouts": get(&self.keepalive_timeouts),
             "messages": get(&self.messages),
             "bytes": get(&self.bytes),
             "batches": get(&self.batches),

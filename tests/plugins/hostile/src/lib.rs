@@ -9,10 +9,19 @@
 //!   a host file);
 //! - anything else: echoes the document as a row, tagged with the plugin version.
 //!
+//! `keys` is the SDK's default (`{entity}:{version}:{id}` → the row), except
+//! for the row ids an entity's configuration names:
+//! `{"keys_panic_on": [ids]}` traps the whole `keys` call when the batch
+//! holds one of them, `{"keys_reject_on": [ids]}` fails just that row.
+//!
 //! Built with the `v2` feature it reports version 2.0.0, so hot-reload tests
 //! can tell which version answered.
 
-use emcachers_plugin_sdk::{Change, Error, Plugin, PluginInfo, Result, Row, Shaped, Value, log};
+use std::collections::HashMap;
+
+use emcachers_plugin_sdk::{
+    CacheWrite, Change, Error, Plugin, PluginInfo, Result, Row, Shaped, Value, log,
+};
 
 /// The version this build reports.
 pub const VERSION: &str = if cfg!(feature = "v2") {
@@ -23,13 +32,54 @@ pub const VERSION: &str = if cfg!(feature = "v2") {
 
 /// The hostile plugin.
 #[derive(Default)]
-pub struct Hostile;
+pub struct Hostile {
+    /// Per entity: row ids whose `keys` traps, and those it rejects.
+    keys_faults: HashMap<String, (Vec<String>, Vec<String>)>,
+}
+
+fn ids(config: &Value, field: &str) -> Vec<String> {
+    config
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 impl Plugin for Hostile {
     fn describe(&self) -> PluginInfo {
         PluginInfo::new("hostile", VERSION)
             .description("misbehaves on request")
             .serving("hostile", "*", "*")
+    }
+
+    fn configure(&mut self, entity: &str, config: Value) -> Result<()> {
+        let faults = (
+            ids(&config, "keys_panic_on"),
+            ids(&config, "keys_reject_on"),
+        );
+        self.keys_faults.insert(entity.to_owned(), faults);
+        Ok(())
+    }
+
+    fn keys(&self, entity: &str, row: &Row) -> Result<Vec<CacheWrite>> {
+        if let Some((panic_on, reject_on)) = self.keys_faults.get(entity) {
+            if panic_on.contains(&row.id) {
+                panic!("asked to trap in keys on {}", row.id);
+            }
+            if reject_on.contains(&row.id) {
+                return Err(Error::msg(format!("keys rejected {}", row.id)));
+            }
+        }
+        let key = format!("{entity}:{}:{}", self.version(entity), row.id);
+        Ok(vec![CacheWrite::new(
+            key,
+            emcachers_plugin_sdk::serde_json::to_string(&row.data).unwrap_or_default(),
+        )])
     }
 
     fn shape(&self, entity: &str, change: Change) -> Result<Shaped> {
