@@ -255,6 +255,7 @@ impl Node {
         ReplicatorConfig {
             batch_size: self.config.cache.batch_size.max(1),
             poll_interval: Duration::from_millis(self.config.cache.poll_ms.max(1)),
+            dead_letter_after: self.config.cache.dead_letter_after.max(1),
             ..ReplicatorConfig::default()
         }
     }

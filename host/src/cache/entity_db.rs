@@ -67,6 +67,8 @@ pub struct EntityDb {
     entity: String,
     layout: EntityLayout,
     applied_id: i64,
+    /// The identity of the oplog its applied id counts in.
+    oplog: String,
     columns: Columns,
     upsert_sql: String,
     delete_sql: String,
@@ -403,18 +405,23 @@ impl EntityDb {
             return Ok(None);
         };
         let applied_id = applied.parse().unwrap_or(0);
+        // Databases made before offsets named their oplog have none: they
+        // match no oplog and are rebuilt once.
+        let oplog = get("oplog_identity")?.unwrap_or_default();
         Ok(Some(Self::with_layout(
-            conn, path, entity, layout, applied_id,
+            conn, path, entity, layout, applied_id, oplog,
         )))
     }
 
     /// Create a fresh cache database at `path` (which must not exist) with
-    /// `layout`, marked as applied up to `applied_id`.
+    /// `layout`, marked as applied up to `applied_id` of the oplog `oplog`
+    /// (its identity).
     pub fn create(
         path: &Path,
         entity: &str,
         layout: &EntityLayout,
         applied_id: i64,
+        oplog: &str,
     ) -> Result<EntityDb, CacheDbError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| CacheDbError::Io {
@@ -470,6 +477,11 @@ impl EntityDb {
             params![applied_id.to_string()],
         )
         .map_err(&err)?;
+        tx.execute(
+            &format!("INSERT INTO {META_TABLE} (key, value) VALUES ('oplog_identity', ?1)"),
+            params![oplog],
+        )
+        .map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(Self::with_layout(
             conn,
@@ -477,6 +489,7 @@ impl EntityDb {
             entity,
             layout.clone(),
             applied_id,
+            oplog.to_owned(),
         ))
     }
 
@@ -486,6 +499,7 @@ impl EntityDb {
         entity: &str,
         layout: EntityLayout,
         applied_id: i64,
+        oplog: String,
     ) -> EntityDb {
         let columns = columns_with_id(&layout.table);
         let names: Vec<String> = columns.iter().map(|(n, _)| quote(n)).collect();
@@ -518,6 +532,7 @@ impl EntityDb {
             columns: Columns::new(&layout.table),
             layout,
             applied_id,
+            oplog,
             upsert_sql,
             delete_sql,
         }
@@ -531,6 +546,12 @@ impl EntityDb {
     /// The highest oplog id applied.
     pub fn applied_id(&self) -> i64 {
         self.applied_id
+    }
+
+    /// The identity of the oplog its applied id counts in (empty for a
+    /// database made before offsets named their oplog).
+    pub fn oplog(&self) -> &str {
+        &self.oplog
     }
 
     /// The file.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::entity_db::{Applied, CacheDbError, EntityDb};
 use super::layout::EntityLayout;
+use super::offset::Offset;
 use super::replicator::ReplicatorStatus;
 use crate::oplog::{LatestRow, OplogEntry};
 
@@ -41,6 +42,8 @@ pub struct DbState {
     pub generation: i64,
     /// The highest oplog id applied.
     pub applied_id: i64,
+    /// The identity of the oplog that id counts in.
+    pub oplog: String,
 }
 
 /// The name prefix of rebuild files (`db.sqlite.rebuild-{pid}-{n}`).
@@ -175,6 +178,7 @@ impl CacheDbManager {
                 version: db.layout().version.clone(),
                 generation: db.layout().generation,
                 applied_id: db.applied_id(),
+                oplog: db.oplog().to_owned(),
             })
         })
     }
@@ -198,7 +202,7 @@ impl CacheDbManager {
         &self,
         entity: &str,
         layout: &EntityLayout,
-        applied_id: i64,
+        applied: &Offset,
     ) -> Result<Rebuild, CacheDbError> {
         // Unique per rebuild: two replicators in one process never share a file.
         static REBUILDS: AtomicU64 = AtomicU64::new(0);
@@ -214,7 +218,13 @@ impl CacheDbManager {
             entity: entity.to_owned(),
             finished: false,
         };
-        rebuild.db = Some(EntityDb::create(&rebuild.path, entity, layout, applied_id)?);
+        rebuild.db = Some(EntityDb::create(
+            &rebuild.path,
+            entity,
+            layout,
+            applied.id,
+            &applied.oplog,
+        )?);
         Ok(rebuild)
     }
 

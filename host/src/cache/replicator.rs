@@ -24,11 +24,14 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio_util::sync::CancellationToken;
 
+use super::dead_letter::{self, DeadRow};
+use super::entity_db::Applied;
 use super::entity_db::CacheDbError;
 use super::isolation::{EntityFailure, FailedEntities};
 use super::layout::EntityLayout;
 use super::manager::CacheDbManager;
-use crate::oplog::{OplogEntry, OplogStore, StoreError};
+use super::offset::{BootstrapReason, Offset, Resume, resume};
+use crate::oplog::{LatestRow, OplogEntry, OplogStore, StoreError};
 
 /// Why replication stopped or a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,10 @@ pub struct ReplicatorConfig {
     pub retry_initial: Duration,
     /// The longest wait between two retries of a failing entity.
     pub retry_max: Duration,
+    /// After this many consecutive failures of an entity, its entries are
+    /// applied bisecting: the rows that fail on their own are kept as
+    /// rejected records (`cache-writer:sqlite`) and the rest land.
+    pub dead_letter_after: u32,
 }
 
 impl Default for ReplicatorConfig {
@@ -76,6 +83,7 @@ impl Default for ReplicatorConfig {
             rebuild_page: 5000,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
+            dead_letter_after: 3,
         }
     }
 }
@@ -98,6 +106,8 @@ pub struct StepReport {
     pub failed: usize,
     /// Failing entities that caught up and rejoined.
     pub recovered: usize,
+    /// Rows kept as rejected records because they fail on their own.
+    pub dead_lettered: usize,
     /// The offset after the step: every entry up to it is applied.
     pub offset: i64,
 }
@@ -109,6 +119,7 @@ impl StepReport {
         self.deleted += other.deleted;
         self.skipped += other.skipped;
         self.rebuilt += other.rebuilt;
+        self.dead_lettered += other.dead_lettered;
     }
 
     fn add(&mut self, other: &StepReport) {
@@ -119,6 +130,7 @@ impl StepReport {
         self.rebuilt += other.rebuilt;
         self.failed += other.failed;
         self.recovered += other.recovered;
+        self.dead_lettered += other.dead_lettered;
         self.offset = other.offset;
     }
 }
@@ -130,6 +142,7 @@ pub struct ReplicatorStatus {
     offset: AtomicI64,
     failures: AtomicU64,
     recoveries: AtomicU64,
+    dead_lettered: AtomicU64,
     failing: Mutex<Vec<EntityFailure>>,
 }
 
@@ -137,6 +150,11 @@ impl ReplicatorStatus {
     /// The saved offset: every log entry up to it is applied.
     pub fn offset(&self) -> i64 {
         self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Rows kept as rejected records so far.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
     }
 
     /// Entity applies (or retries) that failed since the start.
@@ -195,7 +213,8 @@ impl LocalMeta {
         })
     }
 
-    fn offset(&self) -> Result<i64, ReplicatorError> {
+    /// The saved offset, as [`Offset::encode`] wrote it.
+    fn offset(&self) -> Result<Option<String>, ReplicatorError> {
         let value: Option<String> = self
             .conn
             .query_row(
@@ -208,15 +227,15 @@ impl LocalMeta {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+        Ok(value)
     }
 
-    fn save_offset(&self, offset: i64) -> Result<(), ReplicatorError> {
+    fn save_offset(&self, offset: &Offset) -> Result<(), ReplicatorError> {
         self.conn
             .execute(
                 "INSERT INTO metadata (key, value) VALUES ('oplog_offset', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![offset.to_string()],
+                params![offset.encode()],
             )
             .map_err(|source| ReplicatorError::Meta {
                 path: self.path.clone(),
@@ -225,6 +244,9 @@ impl LocalMeta {
         Ok(())
     }
 }
+
+/// The replicator's name on dead rows (`cache-writer:sqlite`).
+const WRITER_NAME: &str = "sqlite";
 
 /// Applies the oplog to per-entity SQLite caches.
 pub struct SqliteReplicator {
@@ -258,25 +280,65 @@ impl SqliteReplicator {
         config: ReplicatorConfig,
     ) -> Result<SqliteReplicator, ReplicatorError> {
         let path = dbs.root().join("replicator.sqlite");
-        let (meta, offset) = blocking(move || {
+        let (meta, saved) = blocking(move || {
             let meta = LocalMeta::open(&path)?;
-            let offset = meta.offset()?;
-            Ok((meta, offset))
+            let saved = meta.offset()?;
+            Ok((meta, saved))
         })
         .await?;
+        let head = store.head().await?;
+        let (offset, bootstrap) = match resume(saved.as_deref(), store.identity(), head) {
+            Resume::After(offset) => (offset, None),
+            Resume::Bootstrap(reason) => {
+                if reason != BootstrapReason::Missing {
+                    tracing::warn!(%reason, "sqlite caches: reading the oplog from its start and rebuilding every entity database of another oplog");
+                }
+                (0, Some(reason))
+            }
+        };
         let status = dbs.replicator_status();
         status.offset.store(offset, Ordering::Relaxed);
         status.set_failing(Vec::new());
-        Ok(SqliteReplicator {
+        let replicator = SqliteReplicator {
             store,
             dbs,
             failed: FailedEntities::new(config.retry_initial, config.retry_max),
             config,
             meta: Arc::new(Mutex::new(meta)),
             read_offset: offset,
-            saved_offset: offset,
+            // Saved again at the first step, with this oplog's identity.
+            saved_offset: -1,
             status,
-        })
+        };
+        if bootstrap.is_some_and(|reason| reason.may_hold_foreign_data()) {
+            replicator.ensure_all_layouts().await;
+        }
+        Ok(replicator)
+    }
+
+    /// Bring the database of every entity the store defines to its
+    /// published layout and this oplog (after the offset was lost or named
+    /// another oplog). A failure is logged: that entity is handled again
+    /// when its entries are read.
+    async fn ensure_all_layouts(&self) {
+        let mut names: std::collections::BTreeSet<String> =
+            self.dbs.entities_on_disk().into_iter().collect();
+        match self.store.entities().await {
+            Ok(entities) => names.extend(entities.into_iter().map(|e| e.name)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot list entities to check their caches");
+            }
+        }
+        for name in names {
+            let result = match EntityLayout::load(self.store.as_ref(), &name).await {
+                Ok(Some(layout)) => self.ensure_layout(&name, &layout).await.map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = result {
+                tracing::warn!(entity = %name, %error, "entity cache not checked; it is when its entries are read");
+            }
+        }
     }
 
     /// The offset: every log entry up to it has been applied (or skipped).
@@ -384,6 +446,84 @@ impl SqliteReplicator {
         Ok(counts)
     }
 
+    /// [`apply_group`](Self::apply_group) for an entity that keeps failing:
+    /// apply its entries in halves, down to single rows
+    /// ([`dead_letter::bisect`]); a row that fails alone is committed as a
+    /// rejected record (`cache-writer:sqlite`), the others land. Errors that
+    /// are not a row's (the layout, the store) still fail the group.
+    async fn apply_group_dead_lettering(
+        &self,
+        entity: &str,
+        group: Vec<OplogEntry>,
+    ) -> Result<StepReport, ReplicatorError> {
+        let mut counts = StepReport::default();
+        let Some(layout) = EntityLayout::load(self.store.as_ref(), entity).await? else {
+            counts.skipped = group.len();
+            return Ok(counts);
+        };
+        if self.ensure_layout_with(entity, &layout, true).await? {
+            counts.rebuilt += 1;
+        }
+        let dbs = self.dbs.clone();
+        let name = entity.to_owned();
+        let (applied, dead) = blocking(move || {
+            let mut applied = Applied::default();
+            let mut calls = 0;
+            let results = dead_letter::bisect(
+                &group,
+                &mut |part: &[OplogEntry]| {
+                    let refs: Vec<&OplogEntry> = part.iter().collect();
+                    match dbs.apply(&name, &refs) {
+                        Ok(done) => {
+                            if let Some(done) = done {
+                                applied.upserted += done.upserted;
+                                applied.deleted += done.deleted;
+                                applied.skipped += done.skipped;
+                            }
+                            part.iter().map(|_| Ok(())).collect()
+                        }
+                        Err(error) => {
+                            let error = error.to_string();
+                            part.iter().map(|_| Err(error.clone())).collect()
+                        }
+                    }
+                },
+                &|_: &String| true,
+                &mut calls,
+            );
+            let dead: Vec<DeadRow> = group
+                .into_iter()
+                .zip(results)
+                .filter_map(|(entry, result)| {
+                    result.err().map(|error| DeadRow {
+                        writer: WRITER_NAME,
+                        entity: entry.entity,
+                        doc_id: entry.doc_id,
+                        oplog_id: entry.id,
+                        op: entry.op,
+                        data: entry.data,
+                        plugin: entry.plugin,
+                        plugin_version: entry.plugin_version,
+                        error,
+                    })
+                })
+                .collect();
+            Ok((applied, dead))
+        })
+        .await?;
+        for row in &dead {
+            tracing::warn!(entity = %row.entity, doc_id = %row.doc_id, oplog_id = row.oplog_id, error = %row.error, "row dead-lettered: the sqlite cache cannot apply it (replay it from the rejected records)");
+        }
+        counts.dead_lettered = dead_letter::commit(self.store.as_ref(), dead).await?;
+        self.status
+            .dead_lettered
+            .fetch_add(counts.dead_lettered as u64, Ordering::Relaxed);
+        counts.upserted = applied.upserted;
+        counts.deleted = applied.deleted;
+        counts.skipped = applied.skipped;
+        Ok(counts)
+    }
+
     /// Note a failure of `entity` (everything of it up to `resume_after` is
     /// handled): log it, count it, schedule its retry.
     fn record_failure(&mut self, entity: &str, resume_after: i64, error: &ReplicatorError) {
@@ -446,10 +586,18 @@ impl SqliteReplicator {
                 .filter(|e| e.id <= self.read_offset && e.entity == entity)
                 .collect();
             if let Some(first) = group.first().map(|e| e.id) {
-                let applied = self
-                    .apply_group(entity, group)
-                    .await
-                    .map_err(|e| (first - 1, e))?;
+                let attempts = self
+                    .failed
+                    .snapshot()
+                    .iter()
+                    .find(|f| f.entity == entity)
+                    .map_or(0, |f| f.attempts);
+                let applied = if attempts >= self.config.dead_letter_after {
+                    self.apply_group_dead_lettering(entity, group).await
+                } else {
+                    self.apply_group(entity, group).await
+                }
+                .map_err(|e| (first - 1, e))?;
                 report.add_counts(&applied);
             }
             position = last.min(self.read_offset);
@@ -466,10 +614,11 @@ impl SqliteReplicator {
             return Ok(());
         }
         let meta = self.meta.clone();
+        let saved = Offset::new(self.store.identity(), offset);
         blocking(move || {
             meta.lock()
                 .map_err(|_| ReplicatorError::Worker("metadata lock poisoned".into()))?
-                .save_offset(offset)
+                .save_offset(&saved)
         })
         .await?;
         self.saved_offset = offset;
@@ -484,16 +633,27 @@ impl SqliteReplicator {
         entity: &str,
         layout: &EntityLayout,
     ) -> Result<bool, ReplicatorError> {
+        self.ensure_layout_with(entity, layout, false).await
+    }
+
+    /// [`ensure_layout`](Self::ensure_layout); `dead_letter`: a rebuild
+    /// keeps rows that fail on their own as rejected records instead of
+    /// failing.
+    async fn ensure_layout_with(
+        &self,
+        entity: &str,
+        layout: &EntityLayout,
+        dead_letter: bool,
+    ) -> Result<bool, ReplicatorError> {
         let dbs = self.dbs.clone();
         let name = entity.to_owned();
         let state = blocking(move || Ok(dbs.state(&name)?)).await?;
-        if state
-            .as_ref()
-            .is_some_and(|s| layout.is_served_by(&s.version, s.generation))
-        {
+        if state.as_ref().is_some_and(|s| {
+            layout.is_served_by(&s.version, s.generation) && s.oplog == self.store.identity()
+        }) {
             return Ok(false);
         }
-        self.rebuild(entity, layout).await?;
+        self.rebuild_with(entity, layout, dead_letter).await?;
         Ok(true)
     }
 
@@ -504,9 +664,19 @@ impl SqliteReplicator {
         entity: &str,
         layout: &EntityLayout,
     ) -> Result<u64, ReplicatorError> {
+        self.rebuild_with(entity, layout, false).await
+    }
+
+    async fn rebuild_with(
+        &self,
+        entity: &str,
+        layout: &EntityLayout,
+        dead_letter: bool,
+    ) -> Result<u64, ReplicatorError> {
         let head = self.store.head().await?;
         let (dbs, name, spec) = (self.dbs.clone(), entity.to_owned(), layout.clone());
-        let mut rebuild = blocking(move || Ok(dbs.begin_rebuild(&name, &spec, head)?)).await?;
+        let applied = Offset::new(self.store.identity(), head);
+        let mut rebuild = blocking(move || Ok(dbs.begin_rebuild(&name, &spec, &applied)?)).await?;
         let mut after: Option<String> = None;
         let mut loaded = 0u64;
         loop {
@@ -517,12 +687,64 @@ impl SqliteReplicator {
             let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
                 break;
             };
-            let (n, back) = blocking(move || {
-                let n = rebuild.load(&page)?;
-                Ok((n, rebuild))
+            let name = entity.to_owned();
+            let (n, dead, back) = blocking(move || {
+                let error = match rebuild.load(&page) {
+                    Ok(n) => return Ok((n, Vec::new(), rebuild)),
+                    Err(error) if !dead_letter || page.len() < 2 => return Err(error.into()),
+                    Err(error) => error,
+                };
+                // A page that fails as a whole: load it in halves, down to
+                // single rows; rows that fail alone are dead-lettered. When
+                // every row fails alone the cause is not a row's: fail.
+                let mut n = 0;
+                let mut calls = 0;
+                let results = dead_letter::bisect(
+                    &page,
+                    &mut |part: &[LatestRow]| match rebuild.load(part) {
+                        Ok(done) => {
+                            n += done;
+                            part.iter().map(|_| Ok(())).collect()
+                        }
+                        Err(error) => {
+                            let error = error.to_string();
+                            part.iter().map(|_| Err(error.clone())).collect()
+                        }
+                    },
+                    &|_: &String| true,
+                    &mut calls,
+                );
+                if results.iter().all(Result::is_err) {
+                    return Err(error.into());
+                }
+                let dead: Vec<DeadRow> = page
+                    .into_iter()
+                    .zip(results)
+                    .filter_map(|(row, result)| {
+                        result.err().map(|error| DeadRow {
+                            writer: WRITER_NAME,
+                            entity: name.clone(),
+                            doc_id: row.doc_id,
+                            oplog_id: row.oplog_id,
+                            op: row.op,
+                            data: row.data,
+                            plugin: String::new(),
+                            plugin_version: String::new(),
+                            error,
+                        })
+                    })
+                    .collect();
+                Ok((n, dead, rebuild))
             })
             .await?;
             rebuild = back;
+            for row in &dead {
+                tracing::warn!(entity = %row.entity, doc_id = %row.doc_id, oplog_id = row.oplog_id, error = %row.error, "row dead-lettered while rebuilding the sqlite cache (replay it from the rejected records)");
+            }
+            let dead_lettered = dead_letter::commit(self.store.as_ref(), dead).await?;
+            self.status
+                .dead_lettered
+                .fetch_add(dead_lettered as u64, Ordering::Relaxed);
             loaded += n as u64;
             after = Some(last);
         }

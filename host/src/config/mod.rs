@@ -193,6 +193,10 @@ pub struct CacheConfig {
     pub batch_size: usize,
     /// Poll interval when the oplog has nothing new, in milliseconds.
     pub poll_ms: u64,
+    /// After this many consecutive failures of an entity, the rows that
+    /// fail on their own are dead-lettered (rejected records, source
+    /// `cache-writer:sqlite`) and the rest of the entity goes on.
+    pub dead_letter_after: u32,
 }
 
 impl Default for CacheConfig {
@@ -203,6 +207,7 @@ impl Default for CacheConfig {
             idle_close_secs: 300,
             batch_size: 5000,
             poll_ms: 50,
+            dead_letter_after: 3,
         }
     }
 }

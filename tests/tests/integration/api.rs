@@ -527,8 +527,78 @@ async fn delete_and_recreate_on_postgres() {
 /// reported, no rebuild file is left behind, and once the index is dropped
 /// `users` catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entity_that_cannot_be_cached_does_not_stop_the_others() {
+async fn rows_the_sqlite_cache_cannot_take_are_dead_lettered_and_replayable() {
     let (dir, node, api) = start("[cache]\nbatch_size = 2\n").await;
+    let dbs = dir.path().join("data/dbs");
+    let lines = vec![
+        user("u1", "same@example.com"),
+        user("u2", "same@example.com"),
+        user("u3", "other@example.com"),
+    ];
+    ingest(&node, dir.path(), "jsonl", &lines).await;
+
+    // After a few failed attempts the row that breaks the unique index is
+    // narrowed down and kept; the rest of the entity lands.
+    let ids = poll("users cached without the conflicting row", async || {
+        cached_ids(&dbs, "users").filter(|ids| ids.len() == 2)
+    })
+    .await;
+    assert_eq!(ids, vec!["u1", "u3"]);
+    let stats = poll("no entity failing", async || {
+        let (_, stats) = api.call("GET", "/api/replication/stats", None).await;
+        (stats["replicator"]["failing"] == json!([])
+            && stats["replicator"]["offset"] == stats["oplog_head"])
+            .then_some(stats)
+    })
+    .await;
+    assert!(
+        stats["replicator"]["failures_total"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    let (_, rejected) = api.call("GET", "/api/rejected", None).await;
+    let dead: Vec<&Value> = rejected
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|r| r["source"] == "cache-writer:sqlite")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1, "{rejected}");
+    assert_eq!(dead[0]["doc_id"], "u2");
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("UNIQUE")),
+        "{rejected}"
+    );
+
+    // Fix the cause (drop the unique index), replay: the row lands.
+    let mut users = users_spec("users");
+    users["config"]["indexes"] = json!([]);
+    let (status, body) = api
+        .call("PUT", "/api/entities/users", Some(users.to_string()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.call("POST", "/api/rejected/replay", None).await;
+    assert_eq!(status, 200, "{body}");
+    let ids = poll("the replayed row cached", async || {
+        cached_ids(&dbs, "users").filter(|ids| ids.len() == 3)
+    })
+    .await;
+    assert_eq!(ids, vec!["u1", "u2", "u3"]);
+    let (_, rejected) = api.call("GET", "/api/rejected", None).await;
+    assert!(
+        !rejected.to_string().contains("cache-writer:sqlite"),
+        "{rejected}"
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_that_cannot_be_cached_does_not_stop_the_others() {
+    // Retried, never dead-lettered here: the isolation alone is under test.
+    let (dir, node, api) = start("[cache]\nbatch_size = 2\ndead_letter_after = 1000000\n").await;
     let dbs = dir.path().join("data/dbs");
     let mut members = users_spec("members");
     members["config"]["indexes"] = json!([]);

@@ -624,3 +624,54 @@ async fn a_recreated_entity_does_not_reuse_its_previous_cache() {
         Some(2000)
     );
 }
+
+/// The replicator's offset and the entity databases name the oplog they
+/// count in: pointed at another oplog (a wiped one, another process's), the
+/// caches are rebuilt from its latest rows instead of skipping its entries
+/// until their ids pass the old numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_of_another_oplog_are_rebuilt() {
+    let s = setup(Duration::from_secs(60));
+    layout("v1")
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    let old: Vec<NewRow> = (0..10)
+        .map(|i| upsert(&format!("old{i}"), json!({"name": format!("O{i}")})))
+        .collect();
+    append(&s.store, old).await;
+    let mut first = replicator(&s).await;
+    first.catch_up().await.unwrap();
+    assert_eq!(first.offset(), 10);
+    drop(first);
+
+    // A new oplog (another identity) with fewer, other rows, same caches.
+    let other: Arc<dyn OplogStore> =
+        Arc::new(SqliteStore::open(&s.dir.path().join("other.sqlite")).expect("store"));
+    assert_ne!(other.identity(), s.store.identity());
+    layout("v1")
+        .publish(other.as_ref(), "people")
+        .await
+        .unwrap();
+    append(&other, vec![upsert("new1", json!({"name": "N"}))]).await;
+    let mut second = SqliteReplicator::open(
+        other.clone(),
+        s.dbs.clone(),
+        ReplicatorConfig {
+            batch_size: 3,
+            ..ReplicatorConfig::default()
+        },
+    )
+    .await
+    .expect("replicator");
+    assert_eq!(second.offset(), 0, "the old offset is not resumed");
+    second.catch_up().await.unwrap();
+    let rows = query(
+        &s.dbs.db_path("people"),
+        "SELECT id FROM people ORDER BY id",
+    );
+    assert_eq!(rows, vec![vec![json!("new1")]]);
+    let state = s.dbs.state("people").unwrap().expect("state");
+    assert_eq!(state.oplog, other.identity());
+    assert_eq!(second.offset(), 1);
+}
