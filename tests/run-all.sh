@@ -13,6 +13,8 @@ command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 # loopback ports (tests/src/services.rs); the packages' services stay unused.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || need_apt+=(redis-server)
+# The Redis TLS tests make their certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # Python with venv (Debian splits ensurepip into python3-venv) for the test
 # that drives Schematic's Python SDK (tests/tests/integration/python_sdk.rs).
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)

@@ -398,7 +398,7 @@ impl SqliteReplicator {
                     continue;
                 }
                 let first = group.first().map_or(self.read_offset + 1, |e| e.id);
-                match self.apply_group(entity, group).await {
+                match self.apply_group(entity, group, false).await {
                     Ok(applied) => report.add_counts(&applied),
                     Err(error) => {
                         report.failed += 1;
@@ -416,10 +416,17 @@ impl SqliteReplicator {
     /// Apply one entity's entries (log order): bring its database to the
     /// published layout (building it when missing), then apply them in one
     /// transaction. An entity without a published layout skips them.
+    ///
+    /// `dead_letter` (an entity that keeps failing): apply them in halves,
+    /// down to single rows ([`dead_letter::bisect`]); a row that fails alone
+    /// is committed as a rejected record (`cache-writer:sqlite`), the others
+    /// land. Errors that are not a row's (the layout, the store) still fail
+    /// the group.
     async fn apply_group(
         &self,
         entity: &str,
         group: Vec<OplogEntry>,
+        dead_letter: bool,
     ) -> Result<StepReport, ReplicatorError> {
         let mut counts = StepReport::default();
         let Some(layout) = EntityLayout::load(self.store.as_ref(), entity).await? else {
@@ -428,45 +435,19 @@ impl SqliteReplicator {
             counts.skipped = group.len();
             return Ok(counts);
         };
-        if self.ensure_layout(entity, &layout).await? {
-            counts.rebuilt += 1;
-        }
-        let dbs = self.dbs.clone();
-        let name = entity.to_owned();
-        let applied = blocking(move || {
-            let refs: Vec<&OplogEntry> = group.iter().collect();
-            Ok(dbs.apply(&name, &refs)?)
-        })
-        .await?;
-        if let Some(applied) = applied {
-            counts.upserted = applied.upserted;
-            counts.deleted = applied.deleted;
-            counts.skipped = applied.skipped;
-        }
-        Ok(counts)
-    }
-
-    /// [`apply_group`](Self::apply_group) for an entity that keeps failing:
-    /// apply its entries in halves, down to single rows
-    /// ([`dead_letter::bisect`]); a row that fails alone is committed as a
-    /// rejected record (`cache-writer:sqlite`), the others land. Errors that
-    /// are not a row's (the layout, the store) still fail the group.
-    async fn apply_group_dead_lettering(
-        &self,
-        entity: &str,
-        group: Vec<OplogEntry>,
-    ) -> Result<StepReport, ReplicatorError> {
-        let mut counts = StepReport::default();
-        let Some(layout) = EntityLayout::load(self.store.as_ref(), entity).await? else {
-            counts.skipped = group.len();
-            return Ok(counts);
-        };
-        if self.ensure_layout_with(entity, &layout, true).await? {
+        if self
+            .ensure_layout_with(entity, &layout, dead_letter)
+            .await?
+        {
             counts.rebuilt += 1;
         }
         let dbs = self.dbs.clone();
         let name = entity.to_owned();
         let (applied, dead) = blocking(move || {
+            if !dead_letter {
+                let refs: Vec<&OplogEntry> = group.iter().collect();
+                return Ok((dbs.apply(&name, &refs)?.unwrap_or_default(), Vec::new()));
+            }
             let mut applied = Applied::default();
             let mut calls = 0;
             let results = dead_letter::bisect(
@@ -511,17 +492,23 @@ impl SqliteReplicator {
             Ok((applied, dead))
         })
         .await?;
-        for row in &dead {
-            tracing::warn!(entity = %row.entity, doc_id = %row.doc_id, oplog_id = row.oplog_id, error = %row.error, "row dead-lettered: the sqlite cache cannot apply it (replay it from the rejected records)");
-        }
-        counts.dead_lettered = dead_letter::commit(self.store.as_ref(), dead).await?;
-        self.status
-            .dead_lettered
-            .fetch_add(counts.dead_lettered as u64, Ordering::Relaxed);
+        counts.dead_lettered = self.commit_dead(dead).await?;
         counts.upserted = applied.upserted;
         counts.deleted = applied.deleted;
         counts.skipped = applied.skipped;
         Ok(counts)
+    }
+
+    /// Keep `dead` as rejected records (logged and counted); returns how many.
+    async fn commit_dead(&self, dead: Vec<DeadRow>) -> Result<usize, ReplicatorError> {
+        for row in &dead {
+            tracing::warn!(entity = %row.entity, doc_id = %row.doc_id, oplog_id = row.oplog_id, error = %row.error, "row dead-lettered: the sqlite cache cannot apply it (replay it from the rejected records)");
+        }
+        let committed = dead_letter::commit(self.store.as_ref(), dead).await?;
+        self.status
+            .dead_lettered
+            .fetch_add(committed as u64, Ordering::Relaxed);
+        Ok(committed)
     }
 
     /// Note a failure of `entity` (everything of it up to `resume_after` is
@@ -592,12 +579,10 @@ impl SqliteReplicator {
                     .iter()
                     .find(|f| f.entity == entity)
                     .map_or(0, |f| f.attempts);
-                let applied = if attempts >= self.config.dead_letter_after {
-                    self.apply_group_dead_lettering(entity, group).await
-                } else {
-                    self.apply_group(entity, group).await
-                }
-                .map_err(|e| (first - 1, e))?;
+                let applied = self
+                    .apply_group(entity, group, attempts >= self.config.dead_letter_after)
+                    .await
+                    .map_err(|e| (first - 1, e))?;
                 report.add_counts(&applied);
             }
             position = last.min(self.read_offset);
@@ -738,13 +723,7 @@ impl SqliteReplicator {
             })
             .await?;
             rebuild = back;
-            for row in &dead {
-                tracing::warn!(entity = %row.entity, doc_id = %row.doc_id, oplog_id = row.oplog_id, error = %row.error, "row dead-lettered while rebuilding the sqlite cache (replay it from the rejected records)");
-            }
-            let dead_lettered = dead_letter::commit(self.store.as_ref(), dead).await?;
-            self.status
-                .dead_lettered
-                .fetch_add(dead_lettered as u64, Ordering::Relaxed);
+            self.commit_dead(dead).await?;
             loaded += n as u64;
             after = Some(last);
         }

@@ -181,20 +181,24 @@ impl PluginEngine {
     /// holds this exact content for this engine.
     pub(crate) fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, PluginError> {
         let hash = content_hash(bytes);
-        let invalid = |e: wasmtime::Error| PluginError::Invalid {
-            path: path.to_owned(),
-            reason: format!("{e:#}"),
-        };
-        let component = match self.cached_component(&hash) {
-            Some(component) => component,
-            None => {
-                let component =
-                    Component::from_binary(&self.shared.engine, bytes).map_err(invalid)?;
-                self.store_in_cache(&hash, &component);
-                component
-            }
-        };
+        let component = self.component(path, bytes, &hash)?;
         self.link(path, component, hash)
+    }
+
+    /// The component of `bytes` (hash `hash`): from the artefact cache, else
+    /// compiled by Cranelift (and cached).
+    fn component(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<Component, PluginError> {
+        if let Some(component) = self.cached_component(hash) {
+            return Ok(component);
+        }
+        let component = Component::from_binary(&self.shared.engine, bytes).map_err(|e| {
+            PluginError::Invalid {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            }
+        })?;
+        self.store_in_cache(hash, &component);
+        Ok(component)
     }
 
     /// [`compile`](Self::compile) for a plugin embedded in the binary: the
@@ -209,10 +213,6 @@ impl PluginEngine {
         static ARTEFACTS: Mutex<BTreeMap<String, Arc<Vec<u8>>>> = Mutex::new(BTreeMap::new());
         let hash = content_hash(bytes);
         let key = format!("{hash}-{}", self.shared.compat);
-        let invalid = |e: wasmtime::Error| PluginError::Invalid {
-            path: label.to_owned(),
-            reason: format!("{e:#}"),
-        };
         // Held while compiling: concurrent loads wait for the first one.
         let mut artefacts = ARTEFACTS
             .lock()
@@ -228,15 +228,7 @@ impl PluginEngine {
                 return self.link(label, component, hash);
             }
         }
-        let component = match self.cached_component(&hash) {
-            Some(component) => component,
-            None => {
-                let component =
-                    Component::from_binary(&self.shared.engine, bytes).map_err(invalid)?;
-                self.store_in_cache(&hash, &component);
-                component
-            }
-        };
+        let component = self.component(label, bytes, &hash)?;
         if let Ok(serialized) = component.serialize() {
             artefacts.insert(key, Arc::new(serialized));
         }
