@@ -143,6 +143,7 @@ pub struct ReplicatorStatus {
     failures: AtomicU64,
     recoveries: AtomicU64,
     dead_lettered: AtomicU64,
+    caught_up: std::sync::atomic::AtomicBool,
     failing: Mutex<Vec<EntityFailure>>,
 }
 
@@ -150,6 +151,12 @@ impl ReplicatorStatus {
     /// The saved offset: every log entry up to it is applied.
     pub fn offset(&self) -> i64 {
         self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Whether the running replicator's last step found nothing new (it
+    /// waits for a commit or its poll).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
     }
 
     /// Rows kept as rejected records so far.
@@ -753,6 +760,9 @@ impl SqliteReplicator {
     /// end it.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = self.config.poll_interval;
+        // Caught up, the replicator waits for a commit of this process's
+        // store, or the poll interval (other processes' commits, retries).
+        let mut commits = self.store.commits();
         loop {
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -769,18 +779,24 @@ impl SqliteReplicator {
                         "replicated"
                     );
                     backoff = self.config.poll_interval;
+                    self.status.caught_up.store(false, Ordering::Release);
                     continue;
                 }
-                Ok(_) => self.config.poll_interval,
+                Ok(_) => {
+                    self.status.caught_up.store(true, Ordering::Release);
+                    self.config.poll_interval
+                }
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "replication step failed");
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     backoff
                 }
             };
+            let idle = wait == self.config.poll_interval;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = commits.changed(), if idle => {}
             }
         }
     }

@@ -62,6 +62,34 @@ pub enum StoreError {
     },
 }
 
+/// Tells cache writers that a store committed log entries: a counter in a
+/// [`tokio::sync::watch`] channel, bumped after each such commit. Clones
+/// share the channel.
+#[derive(Debug, Clone)]
+pub struct CommitWatch {
+    sender: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for CommitWatch {
+    fn default() -> Self {
+        CommitWatch {
+            sender: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+impl CommitWatch {
+    /// Note a commit: every receiver sees a change.
+    pub fn notify(&self) {
+        self.sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A new receiver (its current value counts as seen).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
+}
+
 /// The metadata key holding the store's identity (a JSON string).
 pub const IDENTITY_KEY: &str = "oplog_identity";
 
@@ -75,6 +103,12 @@ pub fn new_identity() -> String {
 pub trait OplogStore: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// A receiver that changes whenever this store object commits new log
+    /// entries (an append with rows, a finished load). Cache writers wait on
+    /// it instead of polling; appends by other processes (PostgreSQL) are
+    /// still found by their poll.
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// The identity of this oplog: a random id made once, when the store was
     /// created (metadata key [`IDENTITY_KEY`]). Ids count within one

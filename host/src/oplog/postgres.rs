@@ -20,6 +20,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub struct PostgresStore {
     pool: PgPool,
     identity: String,
+    commits: super::CommitWatch,
 }
 
 impl PostgresStore {
@@ -52,7 +53,11 @@ impl PostgresStore {
                 });
             }
         };
-        Ok(PostgresStore { pool, identity })
+        Ok(PostgresStore {
+            pool,
+            identity,
+            commits: super::CommitWatch::default(),
+        })
     }
 
     /// The connection pool.
@@ -175,6 +180,10 @@ impl OplogStore for PostgresStore {
         &self.identity
     }
 
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
     async fn append(&self, batch: AppendBatch) -> Result<AppendReceipt, StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
@@ -254,6 +263,9 @@ impl OplogStore for PostgresStore {
             .await?;
         }
         tx.commit().await?;
+        if last_id.is_some() {
+            self.commits.notify();
+        }
         Ok(AppendReceipt {
             appended: to_log.len(),
             staged: to_stage.len(),
@@ -461,6 +473,7 @@ impl OplogStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.commits.notify();
         Ok(staged.len())
     }
 

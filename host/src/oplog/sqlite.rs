@@ -84,6 +84,7 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     identity: String,
+    commits: super::CommitWatch,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -190,6 +191,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_owned(),
             identity,
+            commits: super::CommitWatch::default(),
         })
     }
 
@@ -334,6 +336,10 @@ impl OplogStore for SqliteStore {
         &self.identity
     }
 
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
     async fn append(&self, batch: AppendBatch) -> Result<AppendReceipt, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction()?;
@@ -389,6 +395,11 @@ impl OplogStore for SqliteStore {
             })
         })
         .await
+        .inspect(|receipt| {
+            if receipt.last_id.is_some() {
+                self.commits.notify();
+            }
+        })
     }
 
     async fn read_log(&self, after: i64, limit: usize) -> Result<Vec<OplogEntry>, StoreError> {
@@ -618,6 +629,7 @@ impl OplogStore for SqliteStore {
             Ok(staged.len())
         })
         .await
+        .inspect(|_| self.commits.notify())
     }
 
     async fn staged_count(&self, entity: &str) -> Result<u64, StoreError> {

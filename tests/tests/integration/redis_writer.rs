@@ -906,3 +906,41 @@ async fn throughput() {
         );
     }
 }
+
+/// A caught-up writer wakes on the store's commit, not on its poll: with a
+/// poll of a minute, an appended row still lands at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_writer_wakes_on_commit() {
+    let s = setup("v1");
+    let mut config = config(String::new());
+    config.memory = Some(MemoryConfig { max_entries: 1000 });
+    config.poll_ms = 60_000;
+    let mut writer = open(&s, config).await;
+    let memory = writer.memory().expect("memory target");
+    writer.catch_up().await.expect("bootstrap");
+    let status = writer.status();
+    let jobs = JobServer::new();
+    let run = std::sync::Mutex::new(Some(writer));
+    jobs.spawn("writer", move |cancel| {
+        let writer = run.lock().expect("lock").take();
+        async move {
+            if let Some(writer) = writer {
+                writer.run(cancel).await;
+            }
+        }
+    });
+    // The writer is caught up (its steps find nothing): it waits.
+    assert!(status.caught_up());
+    let started = Instant::now();
+    append(&s.store, vec![flag("Woken")], None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while memory.get("schematic:flags:v1:woken").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the writer did not wake on the commit (poll is 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    jobs.shutdown(Duration::from_secs(5)).await;
+}

@@ -675,3 +675,52 @@ async fn caches_of_another_oplog_are_rebuilt() {
     assert_eq!(state.oplog, other.identity());
     assert_eq!(second.offset(), 1);
 }
+
+/// A caught-up replicator wakes on the store's commit, not on its poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_replicator_wakes_on_commit() {
+    let s = setup(Duration::from_secs(60));
+    layout("v1")
+        .publish(s.store.as_ref(), "people")
+        .await
+        .unwrap();
+    append(&s.store, vec![upsert("p1", json!({"name": "A"}))]).await;
+    let mut replicator = SqliteReplicator::open(
+        s.store.clone(),
+        s.dbs.clone(),
+        ReplicatorConfig {
+            poll_interval: Duration::from_secs(60),
+            ..ReplicatorConfig::default()
+        },
+    )
+    .await
+    .expect("replicator");
+    replicator.catch_up().await.unwrap();
+    let status = replicator.status();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(replicator.run(cancel.clone()));
+    // Its first step finds nothing new: from then on it waits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !status.caught_up() {
+        assert!(std::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    append(&s.store, vec![upsert("p2", json!({"name": "B"}))]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = query(
+            &s.dbs.db_path("people"),
+            "SELECT id FROM people ORDER BY id",
+        );
+        if rows.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicator did not wake on the commit (poll is 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    task.await.expect("replicator task");
+}

@@ -1338,6 +1338,9 @@ impl RedisWriter {
                 }
             })
         });
+        // Caught up, the writer waits for a commit of this process's store,
+        // or `poll_ms` (other processes' commits, Redis state checks).
+        let mut commits = self.store.commits();
         let cleanup_every = self.config.cleanup_interval();
         let mut next_cleanup = cleanup_every.map(|every| Instant::now() + every);
         let mut backoff = ERROR_BACKOFF_MIN;
@@ -1402,9 +1405,11 @@ impl RedisWriter {
                 }
             }
             if !wait.is_zero() {
+                let idle = wait == self.config.poll_interval();
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    _ = commits.changed(), if idle => {}
                 }
             }
         }
