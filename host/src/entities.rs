@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::layout::{LayoutBoard, Layouts};
 use crate::cache::{CacheDbError, CacheDbManager, EntityLayout};
 use crate::oplog::{EntityDef, EntityStatus, OplogStore, StoreError, now_millis};
 use crate::plugin::{PluginError, PluginRegistry};
@@ -205,6 +206,7 @@ pub struct EntityManager {
     registry: Arc<PluginRegistry>,
     dbs: Option<CacheDbManager>,
     known: RwLock<HashMap<String, EntityDef>>,
+    layouts: LayoutBoard,
 }
 
 impl EntityManager {
@@ -220,7 +222,14 @@ impl EntityManager {
             registry,
             dbs,
             known: RwLock::new(HashMap::new()),
+            layouts: LayoutBoard::new(),
         }
+    }
+
+    /// The published layouts, pushed to the returned view on every change
+    /// (cache writers read layouts only from here).
+    pub fn layouts(&self) -> Layouts {
+        self.layouts.subscribe()
     }
 
     /// The plugin registry.
@@ -374,6 +383,9 @@ impl EntityManager {
             meta.push((EntityLayout::key(&def.name), layout.to_value()?));
         }
         self.store.put_entity_with_meta(def, &meta).await?;
+        if let Some(layout) = &layout {
+            self.layouts.set(&def.name, layout);
+        }
         Ok(changed)
     }
 
@@ -431,9 +443,15 @@ impl EntityManager {
 
     async fn publish_layout_of(&self, def: &EntityDef) -> Result<bool, EntityError> {
         let Some(layout) = self.plugin_layout(def).await? else {
+            // No plugin here (a cache-only node, or not loaded yet): serve
+            // what another node published, if anything.
+            if let Some(published) = EntityLayout::load(self.store.as_ref(), &def.name).await? {
+                self.layouts.set(&def.name, &published);
+            }
             return Ok(false);
         };
         let changed = layout.publish(self.store.as_ref(), &def.name).await?;
+        self.layouts.set(&def.name, &layout);
         if changed {
             tracing::info!(entity = %def.name, version = %layout.version, generation = layout.generation, "entity cache layout published");
         }
@@ -471,6 +489,7 @@ impl EntityManager {
         }
         self.remove_local(name)?;
         self.store.delete_entity(name).await?;
+        self.layouts.remove(name);
         self.forget(name);
         tracing::info!(entity = name, "entity deleted");
         Ok(())
@@ -533,6 +552,7 @@ impl EntityManager {
             .filter(|name| !stored.iter().any(|d| &d.name == *name))
         {
             self.remove_local(name)?;
+            self.layouts.remove(name);
             self.forget(name);
             report.removed += 1;
         }

@@ -265,6 +265,7 @@ impl Node {
         Ok(SqliteReplicator::open(
             self.store.clone(),
             self.dbs.clone(),
+            self.entities.layouts(),
             self.replicator_config(),
         )
         .await?)
@@ -429,13 +430,15 @@ impl Node {
             let first = FirstRun::new(self.replicator().await?);
             let (store, dbs) = (self.store.clone(), self.dbs.clone());
             let config = self.replicator_config();
+            let entities = self.entities.clone();
             self.jobs.spawn("replicator", move |cancel| {
                 let first = first.take();
                 let (store, dbs, config) = (store.clone(), dbs.clone(), config.clone());
+                let layouts = entities.layouts();
                 async move {
                     let replicator = match first {
                         Some(replicator) => replicator,
-                        None => match SqliteReplicator::open(store, dbs, config).await {
+                        None => match SqliteReplicator::open(store, dbs, layouts, config).await {
                             Ok(replicator) => replicator,
                             Err(error) => {
                                 return TaskExit::Failed(format!(
@@ -464,6 +467,29 @@ impl Node {
                 },
             );
         }
+        // A plugin loaded, replaced or unloaded may name new layouts: the
+        // manager publishes them at once, which pushes them to the writers.
+        let entities = self.entities.clone();
+        self.jobs.spawn("layout-publisher", move |cancel| {
+            let entities = entities.clone();
+            let mut swaps = entities.registry().swaps();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return TaskExit::Finished,
+                        changed = swaps.changed() => {
+                            if changed.is_err() {
+                                return TaskExit::Failed("the plugin registry is gone".into());
+                            }
+                        }
+                    }
+                    swaps.mark_unchanged();
+                    if let Err(error) = entities.refresh().await {
+                        tracing::warn!(%error, "cannot publish the layouts of a plugin change; the periodic refresh tries again");
+                    }
+                }
+            }
+        });
         let entities = self.entities.clone();
         self.jobs.every(
             "entity-refresh",
@@ -482,8 +508,13 @@ impl Node {
         let Some(config) = self.config.redis.clone() else {
             return Ok(());
         };
-        let writer =
-            RedisWriter::open(self.store.clone(), self.registry.clone(), config.clone()).await?;
+        let writer = RedisWriter::open(
+            self.store.clone(),
+            self.registry.clone(),
+            self.entities.layouts(),
+            config.clone(),
+        )
+        .await?;
         // A restart reopens the writer, with a new status: `/ready` reads
         // whichever is current through the slot.
         let probe = Arc::new(ProbeSlot::new(writer.status()));
@@ -491,14 +522,16 @@ impl Node {
         self.memory = writer.memory();
         let first = FirstRun::new(writer);
         let (store, registry) = (self.store.clone(), self.registry.clone());
+        let entities = self.entities.clone();
         self.jobs.spawn("redis-writer", move |cancel| {
             let first = first.take();
             let (store, registry, config) = (store.clone(), registry.clone(), config.clone());
+            let layouts = entities.layouts();
             let probe = probe.clone();
             async move {
                 let writer = match first {
                     Some(writer) => writer,
-                    None => match RedisWriter::open(store, registry, config).await {
+                    None => match RedisWriter::open(store, registry, layouts, config).await {
                         Ok(writer) => {
                             probe.set(writer.status());
                             if writer.memory().is_some() {

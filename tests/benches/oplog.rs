@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emcachers::cache::{
-    CacheDbManager, ColumnKind, ColumnSpec, EntityLayout, ReplicatorConfig, SqliteReplicator,
-    TableSpec,
+    CacheDbManager, ColumnKind, ColumnSpec, EntityLayout, Layouts, ReplicatorConfig,
+    SqliteReplicator, TableSpec,
 };
 use emcachers::oplog::{
     AppendBatch, NewRow, Op, OplogEntry, OplogStore, PostgresStore, SourcePosition, SqliteStore,
@@ -409,9 +409,14 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
     // a table with the layout, applied up to id 0. Every apply run starts
     // from a copy, so `catch_up` applies the whole log.
     let template = CacheDbManager::new(dir.join("template"), Duration::from_secs(3600));
-    let replicator = SqliteReplicator::open(store.clone(), template.clone(), config.clone())
-        .await
-        .expect("open replicator");
+    let replicator = SqliteReplicator::open(
+        store.clone(),
+        template.clone(),
+        Layouts::published_only(),
+        config.clone(),
+    )
+    .await
+    .expect("open replicator");
     assert!(
         replicator
             .ensure_layout(ENTITY, &layout)
@@ -445,9 +450,14 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
     for run in 0..REPLICATOR_RUNS {
         let root = dir.join(format!("apply-{run}"));
         let dbs = cache_from_template(&template, &root);
-        let mut replicator = SqliteReplicator::open(store.clone(), dbs, config.clone())
-            .await
-            .expect("open replicator");
+        let mut replicator = SqliteReplicator::open(
+            store.clone(),
+            dbs,
+            Layouts::published_only(),
+            config.clone(),
+        )
+        .await
+        .expect("open replicator");
         assert!(
             !replicator
                 .ensure_layout(ENTITY, &layout)
@@ -482,9 +492,14 @@ async fn bench_replicator(dir: &Path) -> Vec<Measurement> {
     for run in 0..REPLICATOR_RUNS {
         let root = dir.join(format!("rebuild-{run}"));
         let dbs = CacheDbManager::new(&root, Duration::from_secs(3600));
-        let replicator = SqliteReplicator::open(store.clone(), dbs, config.clone())
-            .await
-            .expect("open replicator");
+        let replicator = SqliteReplicator::open(
+            store.clone(),
+            dbs,
+            Layouts::published_only(),
+            config.clone(),
+        )
+        .await
+        .expect("open replicator");
         let clock = Stopwatch::start();
         let built = replicator
             .ensure_layout(ENTITY, &layout)

@@ -1,8 +1,17 @@
 //! An entity's cache layout: the plugin's version string and table, as
 //! published in the oplog store so that any cache node can read it without
 //! running the plugin.
+//!
+//! The entity manager publishes layouts (in the store, for other nodes, and
+//! on its [`LayoutBoard`]); cache writers never ask a plugin for a version
+//! or a table: they read their [`Layouts`] view, which is pushed every
+//! change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::oplog::{LAYOUT_META_PREFIX, OplogStore, StoreError, entity_meta_key};
 use crate::plugin;
@@ -200,5 +209,130 @@ impl EntityLayout {
     pub fn is_served_by(&self, version: &str, generation: i64) -> bool {
         self.version == version
             && (self.generation == generation || self.generation == 0 || generation == 0)
+    }
+}
+
+/// The layouts the entity manager published, by entity name.
+pub type LayoutMap = BTreeMap<String, EntityLayout>;
+
+/// The publishing side of the published layouts: the entity manager owns
+/// one and updates it with every layout it stores, publishes or removes;
+/// every change is pushed to the [`Layouts`] views of the cache writers.
+#[derive(Debug)]
+pub struct LayoutBoard {
+    tx: watch::Sender<Arc<LayoutMap>>,
+}
+
+impl Default for LayoutBoard {
+    fn default() -> Self {
+        LayoutBoard::new()
+    }
+}
+
+impl LayoutBoard {
+    /// An empty board.
+    pub fn new() -> LayoutBoard {
+        LayoutBoard {
+            tx: watch::Sender::new(Arc::new(LayoutMap::new())),
+        }
+    }
+
+    /// `entity` is served under `layout` from now on; subscribers are told
+    /// only when it differs from what they have.
+    pub fn set(&self, entity: &str, layout: &EntityLayout) {
+        self.tx.send_if_modified(|map| {
+            if map.get(entity) == Some(layout) {
+                return false;
+            }
+            Arc::make_mut(map).insert(entity.to_owned(), layout.clone());
+            true
+        });
+    }
+
+    /// `entity` has no layout any more (deleted).
+    pub fn remove(&self, entity: &str) {
+        self.tx.send_if_modified(|map| {
+            if !map.contains_key(entity) {
+                return false;
+            }
+            Arc::make_mut(map).remove(entity);
+            true
+        });
+    }
+
+    /// A view that sees every later change.
+    pub fn subscribe(&self) -> Layouts {
+        Layouts {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A cache writer's view of the published layouts (see [`LayoutBoard`]).
+/// Cloning gives an independent view.
+#[derive(Debug, Clone)]
+pub struct Layouts {
+    rx: watch::Receiver<Arc<LayoutMap>>,
+}
+
+impl Layouts {
+    /// A view to which nothing is ever pushed: a writer reads every layout
+    /// as published in the store, when it applies the entity's rows (a
+    /// process without an entity manager, such as a benchmark).
+    pub fn published_only() -> Layouts {
+        LayoutBoard::new().subscribe()
+    }
+
+    /// The layouts now, marking them seen (see [`Layouts::changed`]).
+    pub fn current(&mut self) -> Arc<LayoutMap> {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// The layouts now, without marking them seen.
+    pub fn peek(&self) -> Arc<LayoutMap> {
+        self.rx.borrow().clone()
+    }
+
+    /// Whether the layouts changed since they were last marked seen.
+    pub fn has_changed(&self) -> bool {
+        self.rx.has_changed().unwrap_or(false)
+    }
+
+    /// Wait until the layouts change (never returns once the board is gone).
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// `entity`'s layout: as pushed, else as published in `store` (an
+    /// entity another node created before this node's manager saw it).
+    pub async fn resolve(
+        &self,
+        store: &dyn OplogStore,
+        entity: &str,
+    ) -> Result<Option<EntityLayout>, StoreError> {
+        let pushed = self.rx.borrow().get(entity).cloned();
+        match pushed {
+            Some(layout) => Ok(Some(layout)),
+            None => EntityLayout::load(store, entity).await,
+        }
+    }
+
+    /// The entities whose layout differs between `before` and `after`
+    /// (changed, added or removed).
+    pub fn diff(before: &LayoutMap, after: &LayoutMap) -> BTreeSet<String> {
+        let mut changed: BTreeSet<String> = after
+            .iter()
+            .filter(|(entity, layout)| before.get(*entity) != Some(*layout))
+            .map(|(entity, _)| entity.clone())
+            .collect();
+        changed.extend(
+            before
+                .keys()
+                .filter(|entity| !after.contains_key(*entity))
+                .cloned(),
+        );
+        changed
     }
 }

@@ -15,22 +15,25 @@
 //! from the last entry it handled), and the saved offset stays at or below
 //! that entry until it catches up, so a restart re-reads what it misses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{self, DeadRow};
 use super::entity_db::Applied;
 use super::entity_db::CacheDbError;
 use super::isolation::{EntityFailure, FailedEntities};
-use super::layout::EntityLayout;
+use super::layout::{EntityLayout, LayoutMap, Layouts};
 use super::manager::CacheDbManager;
 use super::offset::{BootstrapReason, Offset, Resume, resume};
+use super::tailer::{
+    CacheWriter, LatestPages, StepContext, StepReport, Tailer, TailerConfig, WriterError,
+};
 use crate::oplog::{LatestRow, OplogEntry, OplogStore, StoreError};
 
 /// Why replication stopped or a step failed.
@@ -85,53 +88,6 @@ impl Default for ReplicatorConfig {
             retry_max: Duration::from_secs(30),
             dead_letter_after: 3,
         }
-    }
-}
-
-/// Counters of one replication step.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct StepReport {
-    /// Log entries read.
-    pub read: usize,
-    /// Rows upserted.
-    pub upserted: usize,
-    /// Rows deleted.
-    pub deleted: usize,
-    /// Entries skipped (already applied, or entity without a layout).
-    pub skipped: usize,
-    /// Databases rebuilt.
-    pub rebuilt: usize,
-    /// Entity groups (or retries) that failed; their entities are retried
-    /// on their own while the others go on.
-    pub failed: usize,
-    /// Failing entities that caught up and rejoined.
-    pub recovered: usize,
-    /// Rows kept as rejected records because they fail on their own.
-    pub dead_lettered: usize,
-    /// The offset after the step: every entry up to it is applied.
-    pub offset: i64,
-}
-
-impl StepReport {
-    /// Add the row counts of one entity's apply.
-    fn add_counts(&mut self, other: &StepReport) {
-        self.upserted += other.upserted;
-        self.deleted += other.deleted;
-        self.skipped += other.skipped;
-        self.rebuilt += other.rebuilt;
-        self.dead_lettered += other.dead_lettered;
-    }
-
-    fn add(&mut self, other: &StepReport) {
-        self.read += other.read;
-        self.upserted += other.upserted;
-        self.deleted += other.deleted;
-        self.skipped += other.skipped;
-        self.rebuilt += other.rebuilt;
-        self.failed += other.failed;
-        self.recovered += other.recovered;
-        self.dead_lettered += other.dead_lettered;
-        self.offset = other.offset;
     }
 }
 
@@ -255,8 +211,8 @@ impl LocalMeta {
 /// The replicator's name on dead rows (`cache-writer:sqlite`).
 const WRITER_NAME: &str = "sqlite";
 
-/// Applies the oplog to per-entity SQLite caches.
-pub struct SqliteReplicator {
+/// The per-entity SQLite databases as a [`CacheWriter`] backend.
+pub struct SqliteCaches {
     store: Arc<dyn OplogStore>,
     dbs: CacheDbManager,
     config: ReplicatorConfig,
@@ -268,7 +224,16 @@ pub struct SqliteReplicator {
     saved_offset: i64,
     failed: FailedEntities,
     status: Arc<ReplicatorStatus>,
+    /// The published layouts of the current step.
+    layouts: Arc<LayoutMap>,
+    /// Entities whose pushed layout change failed to apply: tried again at
+    /// the next step.
+    pending_layouts: BTreeSet<String>,
 }
+
+/// Applies the oplog to per-entity SQLite caches: the [`Tailer`] of
+/// [`SqliteCaches`].
+pub type SqliteReplicator = Tailer<SqliteCaches>;
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ReplicatorError> + Send + 'static,
@@ -278,14 +243,69 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ReplicatorError::Worker(e.to_string()))?
 }
 
-impl SqliteReplicator {
+impl Tailer<SqliteCaches> {
     /// A replicator from `store` into `dbs`, resuming from the offset saved
-    /// in `dbs`' root.
+    /// in `dbs`' root, told layout changes by `layouts`.
+    pub async fn open(
+        store: Arc<dyn OplogStore>,
+        dbs: CacheDbManager,
+        layouts: Layouts,
+        config: ReplicatorConfig,
+    ) -> Result<SqliteReplicator, ReplicatorError> {
+        let tailer = TailerConfig {
+            batch_size: config.batch_size,
+            poll_interval: config.poll_interval,
+            backoff_min: config.poll_interval,
+            backoff_max: Duration::from_secs(10),
+        };
+        let caches = SqliteCaches::open(store.clone(), dbs, config).await?;
+        Ok(Tailer::new(caches, store, layouts, tailer))
+    }
+
+    /// The database manager.
+    pub fn dbs(&self) -> &CacheDbManager {
+        &self.writer().dbs
+    }
+
+    /// The status handle (offset, failures, failing entities), readable
+    /// while the replicator runs.
+    pub fn status(&self) -> Arc<ReplicatorStatus> {
+        self.writer().status.clone()
+    }
+
+    /// The entities failing now, by name.
+    pub fn failing(&self) -> Vec<EntityFailure> {
+        self.writer().failed.snapshot()
+    }
+
+    /// See [`SqliteCaches::ensure_layout`].
+    pub async fn ensure_layout(
+        &self,
+        entity: &str,
+        layout: &EntityLayout,
+    ) -> Result<bool, ReplicatorError> {
+        self.writer().ensure_layout(entity, layout).await
+    }
+
+    /// See [`SqliteCaches::rebuild`].
+    pub async fn rebuild(
+        &self,
+        entity: &str,
+        layout: &EntityLayout,
+    ) -> Result<u64, ReplicatorError> {
+        self.writer().rebuild(entity, layout).await
+    }
+}
+
+impl SqliteCaches {
+    /// The backend over `dbs`, resuming from the offset saved in `dbs`'
+    /// root (bringing every database to this oplog when that offset is
+    /// missing or names another).
     pub async fn open(
         store: Arc<dyn OplogStore>,
         dbs: CacheDbManager,
         config: ReplicatorConfig,
-    ) -> Result<SqliteReplicator, ReplicatorError> {
+    ) -> Result<SqliteCaches, ReplicatorError> {
         let path = dbs.root().join("replicator.sqlite");
         let (meta, saved) = blocking(move || {
             let meta = LocalMeta::open(&path)?;
@@ -306,9 +326,11 @@ impl SqliteReplicator {
         let status = dbs.replicator_status();
         status.offset.store(offset, Ordering::Relaxed);
         status.set_failing(Vec::new());
-        let replicator = SqliteReplicator {
+        let replicator = SqliteCaches {
             store,
             dbs,
+            layouts: Arc::new(LayoutMap::new()),
+            pending_layouts: BTreeSet::new(),
             failed: FailedEntities::new(config.retry_initial, config.retry_max),
             config,
             meta: Arc::new(Mutex::new(meta)),
@@ -348,76 +370,52 @@ impl SqliteReplicator {
         }
     }
 
-    /// The offset: every log entry up to it has been applied (or skipped).
-    /// A failing entity holds it at the last entry it handled.
-    pub fn offset(&self) -> i64 {
-        self.failed.safe_offset(self.read_offset)
-    }
-
     /// The database manager.
     pub fn dbs(&self) -> &CacheDbManager {
         &self.dbs
     }
 
-    /// The status handle (offset, failures, failing entities), readable
-    /// while the replicator runs.
-    pub fn status(&self) -> Arc<ReplicatorStatus> {
-        self.status.clone()
-    }
-
-    /// The entities failing now, by name.
-    pub fn failing(&self) -> Vec<EntityFailure> {
-        self.failed.snapshot()
-    }
-
-    /// Retry the failing entities that are due, then read and apply one
-    /// batch. Returns what it did; `read == 0` means the main tail is caught
-    /// up (failing entities may still be behind, see [`Self::failing`]).
-    /// An error of one entity does not fail the step: the entity is
-    /// retried on its own. Only reading the log fails it.
-    pub async fn step(&mut self) -> Result<StepReport, ReplicatorError> {
-        let mut report = StepReport::default();
-        self.retry_failed(&mut report).await;
-        let entries = self
-            .store
-            .read_log(self.read_offset, self.config.batch_size)
-            .await?;
-        report.read = entries.len();
-        if let Some(last) = entries.last().map(|e| e.id) {
-            // Group by entity, keeping log order within each.
-            let mut order: Vec<&str> = Vec::new();
-            let mut groups: HashMap<&str, Vec<OplogEntry>> = HashMap::new();
-            for entry in &entries {
-                groups
-                    .entry(entry.entity.as_str())
-                    .or_insert_with(|| {
-                        order.push(entry.entity.as_str());
-                        Vec::new()
-                    })
-                    .push(entry.clone());
-            }
-            for entity in order {
-                let Some(group) = groups.remove(entity) else {
-                    continue;
-                };
-                if self.failed.contains(entity) {
-                    // Held back: its retry re-reads these entries.
-                    continue;
-                }
-                let first = group.first().map_or(self.read_offset + 1, |e| e.id);
-                match self.apply_group(entity, group, false).await {
-                    Ok(applied) => report.add_counts(&applied),
-                    Err(error) => {
-                        report.failed += 1;
-                        self.record_failure(entity, first - 1, &error);
-                    }
-                }
-            }
-            self.read_offset = last;
+    /// Apply one batch of the log: group it by entity (log order within
+    /// each) and apply each group in one transaction; an entity whose group
+    /// fails is put aside and retried on its own while the others go on.
+    async fn apply_batch(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        report: &mut StepReport,
+    ) -> Result<(), ReplicatorError> {
+        let Some(last) = entries.last().map(|e| e.id) else {
+            return Ok(());
+        };
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: HashMap<String, Vec<OplogEntry>> = HashMap::new();
+        for entry in entries {
+            groups
+                .entry(entry.entity.clone())
+                .or_insert_with(|| {
+                    order.push(entry.entity.clone());
+                    Vec::new()
+                })
+                .push(entry);
         }
-        self.save_offset().await?;
-        report.offset = self.offset();
-        Ok(report)
+        for entity in order {
+            let Some(group) = groups.remove(&entity) else {
+                continue;
+            };
+            if self.failed.contains(&entity) {
+                // Held back: its retry re-reads these entries.
+                continue;
+            }
+            let first = group.first().map_or(self.read_offset + 1, |e| e.id);
+            match self.apply_group(&entity, group, false).await {
+                Ok(applied) => report.add_counts(&applied),
+                Err(error) => {
+                    report.failed += 1;
+                    self.record_failure(&entity, first - 1, &error);
+                }
+            }
+        }
+        self.read_offset = last;
+        self.save_offset().await
     }
 
     /// Apply one entity's entries (log order): bring its database to the
@@ -436,7 +434,13 @@ impl SqliteReplicator {
         dead_letter: bool,
     ) -> Result<StepReport, ReplicatorError> {
         let mut counts = StepReport::default();
-        let Some(layout) = EntityLayout::load(self.store.as_ref(), entity).await? else {
+        let pushed = self.layouts.get(entity).cloned();
+        let layout = match pushed {
+            Some(layout) => Some(layout),
+            // Not pushed yet (another node's new entity): as published.
+            None => EntityLayout::load(self.store.as_ref(), entity).await?,
+        };
+        let Some(layout) = layout else {
             // No published layout (plugin not loaded yet): the database
             // is bootstrapped from the latest rows once it is.
             counts.skipped = group.len();
@@ -600,7 +604,7 @@ impl SqliteReplicator {
 
     /// Save the offset when it moved.
     async fn save_offset(&mut self) -> Result<(), ReplicatorError> {
-        let offset = self.offset();
+        let offset = self.failed.safe_offset(self.read_offset);
         self.status.offset.store(offset, Ordering::Relaxed);
         if offset == self.saved_offset {
             return Ok(());
@@ -669,16 +673,9 @@ impl SqliteReplicator {
         let (dbs, name, spec) = (self.dbs.clone(), entity.to_owned(), layout.clone());
         let applied = Offset::new(self.store.identity(), head);
         let mut rebuild = blocking(move || Ok(dbs.begin_rebuild(&name, &spec, &applied)?)).await?;
-        let mut after: Option<String> = None;
+        let mut pages = LatestPages::new(entity, self.config.rebuild_page);
         let mut loaded = 0u64;
-        loop {
-            let page = self
-                .store
-                .latest_page(entity, after.as_deref(), self.config.rebuild_page)
-                .await?;
-            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
-                break;
-            };
+        while let Some(page) = pages.next(self.store.as_ref()).await? {
             let name = entity.to_owned();
             let (n, dead, back) = blocking(move || {
                 let error = match rebuild.load(&page) {
@@ -732,72 +729,93 @@ impl SqliteReplicator {
             rebuild = back;
             self.commit_dead(dead).await?;
             loaded += n as u64;
-            after = Some(last);
         }
         let dbs = self.dbs.clone();
         blocking(move || Ok(dbs.finish_rebuild(rebuild)?)).await?;
         tracing::info!(entity, version = %layout.version, rows = loaded, from_oplog_id = head, "entity cache rebuilt");
         Ok(loaded)
     }
+}
 
-    /// Apply batches until the log is exhausted; returns the total.
-    pub async fn catch_up(&mut self) -> Result<StepReport, ReplicatorError> {
-        let mut total = StepReport {
-            offset: self.offset(),
-            ..StepReport::default()
-        };
-        loop {
-            let step = self.step().await?;
-            total.add(&step);
-            if step.read == 0 {
-                return Ok(total);
-            }
-        }
+impl WriterError for ReplicatorError {
+    fn target_failed(&self) -> bool {
+        // No breaker: a failing database is isolated per entity, and the
+        // store being unreachable is retried with backoff.
+        false
+    }
+}
+
+#[async_trait]
+impl CacheWriter for SqliteCaches {
+    type Error = ReplicatorError;
+
+    fn name(&self) -> &'static str {
+        WRITER_NAME
     }
 
-    /// Replicate until `cancel` fires. Errors are logged and retried with
-    /// backoff: the store being unreachable pauses replication, it does not
-    /// end it.
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = self.config.poll_interval;
-        // Caught up, the replicator waits for a commit of this process's
-        // store, or the poll interval (other processes' commits, retries).
-        let mut commits = self.store.commits();
-        loop {
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                result = self.step() => result,
+    fn read_position(&self) -> i64 {
+        self.read_offset
+    }
+
+    /// The saved offset: a failing entity holds it at the last entry it
+    /// handled.
+    fn offset(&self) -> i64 {
+        self.failed.safe_offset(self.read_offset)
+    }
+
+    async fn sync(&mut self, _full: bool, cx: &mut StepContext<'_>) -> Result<(), ReplicatorError> {
+        self.layouts = cx.layouts.clone();
+        self.retry_failed(cx.report).await;
+        Ok(())
+    }
+
+    async fn layouts_changed(
+        &mut self,
+        changed: &BTreeSet<String>,
+        cx: &mut StepContext<'_>,
+    ) -> Result<(), ReplicatorError> {
+        let mut entities = std::mem::take(&mut self.pending_layouts);
+        entities.extend(changed.iter().cloned());
+        for entity in entities {
+            // A failing entity is brought to its layout by its retry.
+            if self.failed.contains(&entity) {
+                continue;
+            }
+            let Some(layout) = cx.layouts.get(&entity).cloned() else {
+                continue;
             };
-            let wait = match result {
-                Ok(report) if report.read > 0 => {
-                    tracing::debug!(
-                        read = report.read,
-                        upserted = report.upserted,
-                        deleted = report.deleted,
-                        failed = report.failed,
-                        offset = report.offset,
-                        "replicated"
-                    );
-                    backoff = self.config.poll_interval;
-                    self.status.caught_up.store(false, Ordering::Release);
-                    continue;
-                }
-                Ok(_) => {
-                    self.status.caught_up.store(true, Ordering::Release);
-                    self.config.poll_interval
-                }
+            match self.ensure_layout(&entity, &layout).await {
+                Ok(true) => cx.report.rebuilt += 1,
+                Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "replication step failed");
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    backoff
+                    tracing::warn!(entity = %entity, version = %layout.version, %error, "cannot bring the entity cache to its new layout; trying again");
+                    self.pending_layouts.insert(entity);
                 }
-            };
-            let idle = wait == self.config.poll_interval;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = commits.changed(), if idle => {}
             }
         }
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        cx: &mut StepContext<'_>,
+    ) -> Result<(), ReplicatorError> {
+        self.apply_batch(entries, cx.report).await
+    }
+
+    async fn caught_up(
+        &mut self,
+        _full: bool,
+        _cx: &mut StepContext<'_>,
+    ) -> Result<(), ReplicatorError> {
+        // A recovered entity may have moved the safe offset.
+        self.save_offset().await
+    }
+
+    fn settle(&mut self, _outcome: Result<(), &ReplicatorError>) {}
+
+    fn set_caught_up(&self, caught_up: bool) {
+        self.status.caught_up.store(caught_up, Ordering::Release);
     }
 }

@@ -88,6 +88,9 @@ struct State {
 pub struct PluginRegistry {
     engine: PluginEngine,
     state: RwLock<State>,
+    /// Bumped whenever the serving set changes (a version loaded, replaced
+    /// or unloaded); see [`PluginRegistry::swaps`].
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 impl PluginRegistry {
@@ -96,7 +99,19 @@ impl PluginRegistry {
         PluginRegistry {
             engine,
             state: RwLock::new(State::default()),
+            swaps: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that changes whenever a plugin version starts or stops
+    /// serving, so the entity manager can publish the layouts it names at
+    /// once (pushed to the cache writers) instead of at its next refresh.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+
+    fn swapped(&self) {
+        self.swaps.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The engine plugins run on.
@@ -167,6 +182,8 @@ impl PluginRegistry {
             .map(|p| p.label().to_owned());
         tracing::info!(plugin = %loaded.label(), hash = %loaded.hash(), overridden_by = overridden.as_deref(), "built-in plugin loaded");
         state.builtins.insert(loaded.name().to_owned(), loaded);
+        drop(state);
+        self.swapped();
         Ok(())
     }
 
@@ -328,6 +345,7 @@ impl PluginRegistry {
             },
         );
         drop(state);
+        self.swapped();
         Ok(match old {
             Some(old) => {
                 tracing::info!(path = %path.display(), old = %old.label(), new = %new_label, hash = %loaded.hash(), "plugin replaced");
@@ -357,6 +375,8 @@ impl PluginRegistry {
                 tracing::info!(path = %path.display(), plugin = %removed.label(), "plugin unloaded")
             }
         }
+        drop(state);
+        self.swapped();
         Some(removed.label().to_owned())
     }
 

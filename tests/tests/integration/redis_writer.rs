@@ -14,8 +14,11 @@ use emcachers::cache::redis::{
     LockState, MemoryConfig, MemoryTarget, RedisWriter, RedisWriterConfig, ReplayCursorConfig,
     Waiting,
 };
+use emcachers::entities::{EntityManager, EntitySpec};
 use emcachers::jobs::JobServer;
-use emcachers::oplog::{AppendBatch, NewRow, Op, OplogStore, SourcePosition, SqliteStore};
+use emcachers::oplog::{
+    AppendBatch, EntityStatus, NewRow, Op, OplogStore, SourcePosition, SqliteStore,
+};
 use emcachers::plugin::PluginRegistry;
 use emcachers_tests::plugins;
 use emcachers_tests::services::{RedisCluster, RedisServer};
@@ -35,12 +38,14 @@ const CURSOR: &str = "schematic:datastream:replay_cursor";
 struct Setup {
     store: Arc<dyn OplogStore>,
     registry: Arc<PluginRegistry>,
+    entities: Arc<EntityManager>,
     _dir: tempfile::TempDir,
 }
 
-/// A SQLite oplog and a registry serving flags, companies and users with
-/// the schematic plugin under cache version `version`.
-fn setup(version: &str) -> Setup {
+/// A SQLite oplog and an entity manager serving flags, companies and users
+/// with the schematic plugin under cache version `version` (the manager
+/// publishes their layouts; the writers read versions only from there).
+async fn setup(version: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn OplogStore> =
         Arc::new(SqliteStore::open(&dir.path().join("oplog.sqlite")).expect("store"));
@@ -48,20 +53,39 @@ fn setup(version: &str) -> Setup {
     registry
         .load_file(&plugins().schematic)
         .expect("load the schematic plugin");
-    assign_version(&registry, version);
+    let entities = Arc::new(EntityManager::new(store.clone(), registry.clone(), None));
+    for entity in ["flags", "companies", "users"] {
+        entities
+            .create(spec(entity, version), EntityStatus::Ready)
+            .await
+            .expect("create the entity");
+    }
     Setup {
         store,
         registry,
+        entities,
         _dir: dir,
     }
 }
 
-fn assign_version(registry: &PluginRegistry, version: &str) {
-    let config = json!({ "cache_version": version }).to_string();
+fn spec(entity: &str, version: &str) -> EntitySpec {
+    EntitySpec {
+        name: entity.into(),
+        source: "schematic".into(),
+        collection: entity.into(),
+        plugin: "schematic".into(),
+        config: json!({ "cache_version": version }),
+    }
+}
+
+/// Move every entity to cache version `version` (a new layout, pushed to
+/// the writers).
+async fn assign_version(s: &Setup, version: &str) {
     for entity in ["flags", "companies", "users"] {
-        registry
-            .assign(entity, "schematic", &config)
-            .expect("assign");
+        s.entities
+            .update(spec(entity, version))
+            .await
+            .expect("update the entity");
     }
 }
 
@@ -78,9 +102,14 @@ fn config(addr: String) -> RedisWriterConfig {
 }
 
 async fn open(s: &Setup, config: RedisWriterConfig) -> RedisWriter {
-    RedisWriter::open(s.store.clone(), s.registry.clone(), config)
-        .await
-        .expect("open the writer")
+    RedisWriter::open(
+        s.store.clone(),
+        s.registry.clone(),
+        s.entities.layouts(),
+        config,
+    )
+    .await
+    .expect("open the writer")
 }
 
 fn row(entity: &str, id: &str, data: &Value) -> NewRow {
@@ -284,7 +313,7 @@ fn set(keys: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let redis = RedisServer::start();
     let mut config = config(redis.addr());
     config.replay_cursor = Some(ReplayCursorConfig {
@@ -450,7 +479,7 @@ async fn keys_lookups_deletes_and_idempotent_reapply_on_a_single_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_applies_to_entity_keys_only() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let redis = RedisServer::start();
     let mut config = config(redis.addr());
     config.ttl_secs = 100;
@@ -481,7 +510,7 @@ async fn ttl_applies_to_entity_keys_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_the_redis_offset_and_flushall_bootstraps() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let redis = RedisServer::start();
     let mut first = open(&s, config(redis.addr())).await;
     first.catch_up().await.expect("bootstrap");
@@ -520,7 +549,7 @@ async fn restart_resumes_from_the_redis_offset_and_flushall_bootstraps() {
 /// Version change to v2: new keys beside the old; the cleanup removes every
 /// v1 key and foreign old-version keys, nothing else.
 async fn version_change_then_cleanup(kv: &dyn Kv, config: RedisWriterConfig) {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let mut writer = open(&s, config).await;
     let rows: Vec<NewRow> = (0..30)
         .map(|i| company(&format!("comp_{i}"), json!({"domain": format!("d{i}.com")})))
@@ -535,7 +564,7 @@ async fn version_change_then_cleanup(kv: &dyn Kv, config: RedisWriterConfig) {
     kv.cmd(&["SET", "schematic:company:old:x", "\"x\""]);
     kv.cmd(&["SET", "other:v1:x", "1"]);
 
-    assign_version(&s.registry, "v2");
+    assign_version(&s, "v2").await;
     let report = writer.catch_up().await.expect("v2");
     assert_eq!(report.rebuilt, 3);
     let v2: BTreeSet<String> = v1.iter().map(|k| k.replace(":v1:", ":v2:")).collect();
@@ -600,7 +629,7 @@ async fn version_change_and_cleanup_on_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_applies_lookup_changes_and_deletes() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let cluster = RedisCluster::start(RedisCluster::DEFAULT_MASTERS);
     let mut config = config(String::new());
     config.cluster = true;
@@ -649,7 +678,7 @@ async fn cluster_applies_lookup_changes_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_opens_the_breaker_and_loses_nothing() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let redis = RedisServer::start();
     let mut config = config(redis.addr());
     config.breaker_threshold = 3;
@@ -717,7 +746,7 @@ async fn a_redis_outage_opens_the_breaker_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_lock_keeps_a_second_writer_out() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let redis = RedisServer::start();
     append(&s.store, vec![flag("a")], None).await;
     let mut config = config(redis.addr());
@@ -772,7 +801,7 @@ async fn the_writer_lock_keeps_a_second_writer_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_target_applies_the_same_semantics() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let mut config = config(String::new());
     config.memory = Some(MemoryConfig { max_entries: 1000 });
     let mut writer = open(&s, config).await;
@@ -812,7 +841,7 @@ async fn the_memory_target_applies_the_same_semantics() {
             "schematic:company:v1:domain:acme.org"
         ])
     );
-    assign_version(&s.registry, "v2");
+    assign_version(&s, "v2").await;
     assert_eq!(writer.catch_up().await.expect("v2").rebuilt, 3);
     assert_eq!(memory.keys("schematic:").len(), 6);
     assert_eq!(writer.cleanup_now().await.expect("cleanup").removed, 3);
@@ -864,7 +893,7 @@ async fn throughput() {
     targets.push(("memory", memory));
     for (name, mut config) in targets {
         config.batch_size = 1000;
-        let s = setup("v1");
+        let s = setup("v1").await;
         let mut writer = open(&s, config.clone()).await;
         writer.catch_up().await.expect("bootstrap");
         for chunk in rows("a.com").chunks(1000) {
@@ -911,7 +940,7 @@ async fn throughput() {
 /// poll of a minute, an appended row still lands at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caught_up_writer_wakes_on_commit() {
-    let s = setup("v1");
+    let s = setup("v1").await;
     let mut config = config(String::new());
     config.memory = Some(MemoryConfig { max_entries: 1000 });
     config.poll_ms = 60_000;
@@ -942,5 +971,51 @@ async fn a_caught_up_writer_wakes_on_commit() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(started.elapsed() < Duration::from_secs(20));
+    jobs.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A new layout version reaches a caught-up writer as a push from the entity
+/// manager: with a 60 s poll, the entity is rebuilt under the new version at
+/// once, and nothing asks the plugin for a version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_push_rebuilds_a_caught_up_writer() {
+    let s = setup("v1").await;
+    let mut config = config(String::new());
+    config.memory = Some(MemoryConfig { max_entries: 1000 });
+    config.poll_ms = 60_000;
+    let mut writer = open(&s, config).await;
+    let memory = writer.memory().expect("memory target");
+    append(&s.store, vec![flag("Pushed")], None).await;
+    writer.catch_up().await.expect("bootstrap");
+    assert!(memory.get("schematic:flags:v1:pushed").is_some());
+    assert!(memory.get("schematic:flags:v2:pushed").is_none());
+    let status = writer.status();
+    let jobs = JobServer::new();
+    let run = std::sync::Mutex::new(Some(writer));
+    jobs.spawn("writer", move |cancel| {
+        let writer = run.lock().expect("lock").take();
+        async move {
+            if let Some(writer) = writer {
+                writer.run(cancel).await;
+            }
+        }
+    });
+    assert!(status.caught_up());
+    assign_version(&s, "v2").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while memory.get("schematic:flags:v2:pushed").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the layout push did not reach the writer (poll is 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(status.version("flags").as_deref(), Some("v2"));
+    assert_eq!(
+        memory.get("emcachers:redis:version:flags").as_deref(),
+        Some("v2")
+    );
+    // The old version keeps serving until the cleanup.
+    assert!(memory.get("schematic:flags:v1:pushed").is_some());
     jobs.shutdown(Duration::from_secs(5)).await;
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emcachers::cache::{
-    CacheDbManager, ColumnKind, ColumnSpec, EntityLayout, IndexSpec, ReplicatorConfig,
+    CacheDbManager, ColumnKind, ColumnSpec, EntityLayout, IndexSpec, Layouts, ReplicatorConfig,
     SqliteReplicator, TableSpec,
 };
 use emcachers::oplog::{AppendBatch, NewRow, Op, OplogStore, SqliteStore};
@@ -106,6 +106,7 @@ async fn replicator(s: &Setup) -> SqliteReplicator {
     SqliteReplicator::open(
         s.store.clone(),
         s.dbs.clone(),
+        Layouts::published_only(),
         ReplicatorConfig {
             batch_size: 3,
             ..ReplicatorConfig::default()
@@ -382,6 +383,7 @@ async fn quick_retries(s: &Setup) -> SqliteReplicator {
     SqliteReplicator::open(
         s.store.clone(),
         s.dbs.clone(),
+        Layouts::published_only(),
         ReplicatorConfig {
             batch_size: 3,
             retry_initial: Duration::from_millis(1),
@@ -657,6 +659,7 @@ async fn caches_of_another_oplog_are_rebuilt() {
     let mut second = SqliteReplicator::open(
         other.clone(),
         s.dbs.clone(),
+        Layouts::published_only(),
         ReplicatorConfig {
             batch_size: 3,
             ..ReplicatorConfig::default()
@@ -688,6 +691,7 @@ async fn a_caught_up_replicator_wakes_on_commit() {
     let mut replicator = SqliteReplicator::open(
         s.store.clone(),
         s.dbs.clone(),
+        Layouts::published_only(),
         ReplicatorConfig {
             poll_interval: Duration::from_secs(60),
             ..ReplicatorConfig::default()

@@ -10,7 +10,7 @@
 //! - `lock`: the writer lock (`SET NX PX`, renewal, release).
 //! - [`cleanup`]: the stale-version cleanup.
 //! - [`status`]: [`RedisWriterStatus`] and its snapshot.
-//! - [`writer`]: [`RedisWriter`], the loop.
+//! - [`writer`]: [`RedisCache`], the backend the [`Tailer`](crate::cache::Tailer) drives ([`RedisWriter`]).
 //!
 //! # Keys in Redis
 //!
@@ -33,9 +33,10 @@ pub mod status;
 mod target;
 pub mod writer;
 
+pub use crate::cache::tailer::{StepReport, Waiting};
 pub use cleanup::CleanupReport;
 pub use config::{ConfigProblem, LockConfig, MemoryConfig, RedisWriterConfig, ReplayCursorConfig};
 pub use error::RedisWriterError;
 pub use memory::MemoryTarget;
 pub use status::{LockState, RedisWriterSnapshot, RedisWriterStatus};
-pub use writer::{RedisWriter, StepReport, Waiting};
+pub use writer::{RedisCache, RedisWriter};

@@ -1,34 +1,46 @@
-//! The Redis writer: tails the oplog from the offset it keeps in Redis and
-//! applies each batch of rows as the cache writes the entity's plugin
-//! derives (`keys`), in one pipeline per batch.
+//! The Redis cache backend: applies each batch of oplog rows as the cache
+//! writes the entity's plugin derives (`keys`), in one pipeline per batch.
+//! [`RedisCache`] implements [`CacheWriter`]; the [`Tailer`] reads the log,
+//! wakes on commits and layout pushes, backs off and owns the breaker
+//! ([`RedisWriter`] is the pair).
 //!
-//! - **Offset.** `{state_prefix}offset` is the last applied log id, written
-//!   in the same pipeline as the data (after it). Applying a batch twice
-//!   changes nothing. A missing offset (fresh or flushed Redis) starts a
-//!   **bootstrap**: read the log head, write every live row of every
+//! - **Offset.** `{state_prefix}offset` is the last applied log id with the
+//!   oplog's identity, written in the same pipeline as the data (after it).
+//!   Applying a batch twice changes nothing. A missing offset (fresh or
+//!   flushed Redis), one of another oplog or one above the log head starts
+//!   a **bootstrap**: read the log head, write every live row of every
 //!   in-scope entity from the latest-row table, then set the offset to that
 //!   head and tail from there.
 //! - **Remembered keys** (module `remembered`): a row's new keys
 //!   replace the keys of the same version it had; a delete removes every
 //!   key the row had.
-//! - **Versions.** `{state_prefix}version:{entity}` is the plugin's
-//!   `version(entity)` the cache was built with. When the plugin says
-//!   otherwise (a reload, a new configuration), the entity is rebuilt from
-//!   its latest rows under the new keys; the old version's keys keep serving
-//!   until the stale-version cleanup removes them.
-//! - **Failures.** Every Redis failure counts for the circuit breaker; once
-//!   it opens the writer waits, keeping its offset: the oplog holds the
-//!   backlog, and the failed batch is retried from the same offset. Nothing
-//!   is dropped. A row whose `keys` fails, or whose entity has no plugin, is
-//!   logged, counted and skipped.
+//! - **Versions.** `{state_prefix}version:{entity}` is the layout version the
+//!   cache was built with. Versions come from the layouts the entity manager
+//!   publishes (pushed, or as published in the store by another node); the
+//!   writer never asks a plugin. When a pushed layout names another version
+//!   (a reload, a new configuration), the entity is rebuilt from its latest
+//!   rows under the new keys; the old version's keys keep serving until the
+//!   stale-version cleanup (the writer's housekeeping) removes them.
+//! - **Deleted entities.** When an entity's layout is withdrawn and the
+//!   store no longer defines it, its keys (found through the remembered-keys
+//!   hash), the hash and its version key are removed.
+//! - **Failures.** Every Redis failure counts on the circuit breaker; once
+//!   it opens the tailer waits, keeping the offset: the oplog holds the
+//!   backlog, and the failed batch is retried from the same offset. A row
+//!   whose `keys` fails is narrowed down (bisecting the batch) and
+//!   dead-lettered; rows of an entity without a plugin or a layout are
+//!   counted as skipped and the entity is rebuilt from its latest rows once
+//!   it has both.
 //! - **Lock.** With the writer lock on, nothing is written unless this
-//!   writer holds it; after each (re)acquisition the writer re-reads its
-//!   state from Redis.
+//!   writer holds it (renewed by a task of its own while the tailer runs);
+//!   after each (re)acquisition the writer re-reads its state from Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,22 +52,22 @@ use super::memory::MemoryTarget;
 use super::remembered::{Plan, Remembered, RememberedCache};
 use super::status::{LockState, RedisWriterStatus};
 use super::target::{Command, Reply, Target};
-use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::breaker::CircuitBreaker;
 use crate::cache::dead_letter::{self, DeadRow, bisect};
+use crate::cache::layout::{EntityLayout, LayoutMap, Layouts};
 use crate::cache::offset::{BootstrapReason, Offset, Resume, resume};
+use crate::cache::tailer::{
+    CacheWriter, LatestPages, StepContext, StepReport, Tailer, TailerConfig, Waiting, WriterError,
+};
 use crate::oplog::{Op, OplogEntry, OplogStore};
-use crate::plugin::{CacheWrite, ItemError, LoadedPlugin, PluginError, PluginRegistry, Row, RowOp};
+use crate::plugin::{CacheWrite, ItemError, LoadedPlugin, PluginRegistry, Row, RowOp};
 
 /// How often an idle writer re-reads its offset from Redis (to notice a
-/// flushed or restarted Redis).
+/// flushed or restarted Redis: state outside the oplog, so it is checked).
 const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How often an idle writer asks the plugins for their entity versions.
-const VERSION_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often a caught-up writer reads the log head and mirrors the replay
 /// cursor.
 const CURSOR_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How often the list of in-scope entities is re-read.
-const CANDIDATES_EVERY: Duration = Duration::from_secs(1);
 /// The writer's name on dead rows (`cache-writer:redis`).
 const WRITER_NAME: &str = "redis";
 /// Remembered-keys entries cached in memory at most.
@@ -64,73 +76,14 @@ const REMEMBERED_CACHE_MAX: usize = 200_000;
 const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Why a step wrote nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waiting {
-    /// Another owner holds the writer lock.
-    Lock,
-    /// The circuit breaker is open.
-    Breaker {
-        /// How long until it lets a trial call through.
-        retry_in: Duration,
-    },
-}
-
-/// Counters of one step (or of a [`RedisWriter::catch_up`]).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct StepReport {
-    /// Log entries read.
-    pub read: usize,
-    /// Upsert rows applied.
-    pub upserted: usize,
-    /// Delete rows applied.
-    pub deleted: usize,
-    /// Rows of entities waiting for a plugin or a cache version (rebuilt
-    /// from their latest rows once they have one).
-    pub skipped: usize,
-    /// Rows the writer could not apply, committed as rejected records.
-    pub dead_lettered: usize,
-    /// Entries of entities out of scope (only the offset moved past them).
-    pub ignored: usize,
-    /// Entity keys set.
-    pub keys_written: u64,
-    /// Entity keys deleted.
-    pub keys_deleted: u64,
-    /// Entities rebuilt after a version change.
-    pub rebuilt: usize,
-    /// Whether the cache was bootstrapped from the latest rows.
-    pub bootstrapped: bool,
-    /// The offset after the step.
-    pub offset: i64,
-    /// Set when the step could not write.
-    pub waiting: Option<Waiting>,
-}
-
-impl StepReport {
-    fn add(&mut self, other: &StepReport) {
-        self.read += other.read;
-        self.upserted += other.upserted;
-        self.deleted += other.deleted;
-        self.skipped += other.skipped;
-        self.dead_lettered += other.dead_lettered;
-        self.ignored += other.ignored;
-        self.keys_written += other.keys_written;
-        self.keys_deleted += other.keys_deleted;
-        self.rebuilt += other.rebuilt;
-        self.bootstrapped |= other.bootstrapped;
-        self.offset = other.offset;
-        self.waiting = other.waiting;
-    }
-}
-
-/// Whether an entity's rows are written, and by which plugin.
+/// Whether an entity's rows are written, and by which plugin and version.
 enum Scope {
-    /// Not written (another cache's entity).
+    /// Not written (another cache's entity, or a deleted one).
     Out,
-    /// Should be written, but no plugin serves it now.
+    /// Should be written, but no plugin serves it here or it has no layout.
     Missing,
-    /// Written with this plugin.
-    In(Arc<LoadedPlugin>),
+    /// Written with this plugin under this layout version.
+    In(Arc<LoadedPlugin>, String),
 }
 
 /// One row to apply.
@@ -158,29 +111,9 @@ async fn blocking<T: Send + 'static>(
 /// The answer of `keys` for one row.
 type KeysResult = Result<Vec<CacheWrite>, ItemError>;
 
-type Versions = Vec<(String, Arc<LoadedPlugin>, Result<String, PluginError>)>;
-
-/// Ask each plugin for its entity's version, on a blocking thread.
-async fn versions_of(
-    scoped: Vec<(String, Arc<LoadedPlugin>)>,
-) -> Result<Versions, RedisWriterError> {
-    if scoped.is_empty() {
-        return Ok(Vec::new());
-    }
-    blocking(move || {
-        scoped
-            .into_iter()
-            .map(|(entity, plugin)| {
-                let version = plugin.entity_version(&entity);
-                (entity, plugin, version)
-            })
-            .collect()
-    })
-    .await
-}
-
-/// The Redis cache writer. See the module documentation.
-pub struct RedisWriter {
+/// Redis (single node, cluster) or the in-process map as a [`CacheWriter`]
+/// backend. See the module documentation.
+pub struct RedisCache {
     store: Arc<dyn OplogStore>,
     registry: Arc<PluginRegistry>,
     config: RedisWriterConfig,
@@ -189,23 +122,26 @@ pub struct RedisWriter {
     status: Arc<RedisWriterStatus>,
     lock: Option<Arc<WriterLock>>,
     lock_epoch: u64,
+    /// Renews the lock while the tailer runs.
+    renewal: Option<JoinHandle<()>>,
     offset: i64,
     /// The offset and stored versions were read from Redis since the last
     /// failure or lock acquisition.
     synced: bool,
     /// Versions stored in Redis (`None`: known to be missing).
     stored: HashMap<String, Option<String>>,
-    /// Versions the plugins gave at the last check.
+    /// The layouts pushed at the current step.
+    layouts: Arc<LayoutMap>,
+    /// Layout versions resolved for the entities seen (pushed, else as
+    /// published in the store). Cleared on a full step.
     current: HashMap<String, String>,
     remembered: RememberedCache,
-    candidates: Vec<String>,
-    candidates_at: Option<Instant>,
+    /// The entities defined in the store at the last full read.
+    candidates: BTreeSet<String>,
     /// The entities defined in the store at the last check (`None`: not
     /// read yet).
     defined: Option<BTreeSet<String>>,
-    defined_at: Option<Instant>,
     last_state_check: Option<Instant>,
-    last_version_check: Option<Instant>,
     last_cursor_check: Option<Instant>,
     cursor_written: Option<String>,
     /// The offset at the last cursor check: caught up at a new offset
@@ -216,11 +152,16 @@ pub struct RedisWriter {
     /// Dead rows committed whose batch is not written yet: a retried batch
     /// does not keep them twice. Emptied once the offset passes them.
     dead_pending: BTreeSet<(String, i64)>,
+    /// When the stale-version cleanup runs next (`None`: never).
+    next_cleanup: Option<Instant>,
 }
 
-impl std::fmt::Debug for RedisWriter {
+/// The Redis cache writer: the [`Tailer`] of a [`RedisCache`].
+pub type RedisWriter = Tailer<RedisCache>;
+
+impl std::fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisWriter")
+        f.debug_struct("RedisCache")
             .field("target", &self.target.kind())
             .field("offset", &self.offset)
             .field("synced", &self.synced)
@@ -228,16 +169,68 @@ impl std::fmt::Debug for RedisWriter {
     }
 }
 
-impl RedisWriter {
+impl Tailer<RedisCache> {
     /// A writer from `store` into the target `config` names, deriving keys
-    /// with the plugins of `registry`. Nothing is connected yet: the first
-    /// step connects (so a writer can start while Redis is down), reads the
-    /// offset from Redis and bootstraps when it is missing.
+    /// with the plugins of `registry` under the versions `layouts` pushes.
+    /// Nothing is connected yet: the first step connects (so a writer can
+    /// start while Redis is down), reads the offset from Redis and
+    /// bootstraps when it is missing.
     pub async fn open(
         store: Arc<dyn OplogStore>,
         registry: Arc<PluginRegistry>,
+        layouts: Layouts,
         config: RedisWriterConfig,
     ) -> Result<RedisWriter, RedisWriterError> {
+        let tailer = TailerConfig {
+            batch_size: config.batch_size,
+            poll_interval: config.poll_interval(),
+            backoff_min: ERROR_BACKOFF_MIN,
+            backoff_max: ERROR_BACKOFF_MAX,
+        };
+        let cache = RedisCache::open(store.clone(), registry, config)?;
+        let breaker = cache.breaker.clone();
+        Ok(Tailer::new(cache, store, layouts, tailer).with_breaker(breaker))
+    }
+
+    /// The live status (cheap to clone and read from other tasks).
+    pub fn status(&self) -> Arc<RedisWriterStatus> {
+        self.writer().status.clone()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisWriterConfig {
+        &self.writer().config
+    }
+
+    /// The in-process target, when the writer writes to memory.
+    pub fn memory(&self) -> Option<Arc<MemoryTarget>> {
+        self.writer().target.memory()
+    }
+
+    /// The owner token this writer puts into the lock key, if it locks.
+    pub fn lock_token(&self) -> Option<&str> {
+        self.writer().lock.as_deref().map(WriterLock::token)
+    }
+
+    /// See [`RedisCache::cleanup_now`].
+    pub async fn cleanup_now(&mut self) -> Result<CleanupReport, RedisWriterError> {
+        self.writer_mut().cleanup_now().await
+    }
+
+    /// Release the writer lock if this writer holds it.
+    pub async fn release_lock(&self) -> Result<bool, RedisWriterError> {
+        self.writer().release_lock().await
+    }
+}
+
+impl RedisCache {
+    /// The backend writing into the target `config` names, deriving keys
+    /// with the plugins of `registry`. Nothing is connected yet.
+    pub fn open(
+        store: Arc<dyn OplogStore>,
+        registry: Arc<PluginRegistry>,
+        config: RedisWriterConfig,
+    ) -> Result<RedisCache, RedisWriterError> {
         if config.batch_size == 0 {
             return Err(RedisWriterError::Config(
                 "batch_size must be at least 1".into(),
@@ -284,7 +277,10 @@ impl RedisWriter {
             ttl_ms = config.ttl().map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             "redis writer opened"
         );
-        Ok(RedisWriter {
+        let next_cleanup = config
+            .cleanup_interval()
+            .map(|every| Instant::now() + every);
+        Ok(RedisCache {
             store,
             registry,
             config,
@@ -293,48 +289,28 @@ impl RedisWriter {
             status,
             lock,
             lock_epoch: 0,
+            renewal: None,
             offset: 0,
             synced: false,
             stored: HashMap::new(),
+            layouts: Arc::new(LayoutMap::new()),
             current: HashMap::new(),
             remembered: RememberedCache::new(REMEMBERED_CACHE_MAX),
-            candidates: Vec::new(),
-            candidates_at: None,
+            candidates: BTreeSet::new(),
             defined: None,
-            defined_at: None,
             last_state_check: None,
-            last_version_check: None,
             last_cursor_check: None,
             cursor_written: None,
             cursor_checked_at: -1,
             talked: false,
             dead_pending: BTreeSet::new(),
+            next_cleanup,
         })
     }
 
     /// The live status (cheap to clone and read from other tasks).
     pub fn status(&self) -> Arc<RedisWriterStatus> {
         self.status.clone()
-    }
-
-    /// The offset: every log entry up to it is in the cache.
-    pub fn offset(&self) -> i64 {
-        self.offset
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &RedisWriterConfig {
-        &self.config
-    }
-
-    /// The in-process target, when the writer writes to memory.
-    pub fn memory(&self) -> Option<Arc<MemoryTarget>> {
-        self.target.memory()
-    }
-
-    /// The owner token this writer puts into the lock key, if it locks.
-    pub fn lock_token(&self) -> Option<&str> {
-        self.lock.as_deref().map(WriterLock::token)
     }
 
     // ------------------------------------------------------------ Redis calls
@@ -366,12 +342,12 @@ impl RedisWriter {
         Ok(())
     }
 
-    /// Book the outcome of Redis work for the breaker and the status.
-    fn account<T>(&mut self, result: &Result<T, RedisWriterError>) {
+    /// Book the outcome of Redis work in the status (the breaker is booked
+    /// by the tailer, or by [`RedisCache::cleanup_now`]).
+    fn book<T>(&mut self, result: Result<&T, &RedisWriterError>) {
         match result {
             Ok(_) => {
                 if self.talked {
-                    self.breaker.success();
                     self.status.set_connected(true);
                 }
                 self.status.clear_error();
@@ -381,7 +357,6 @@ impl RedisWriter {
             }
             Err(error) => {
                 if error.is_redis() {
-                    self.breaker.failure();
                     self.status.set_connected(false);
                     // Redis may have restarted empty: re-read the offset.
                     self.synced = false;
@@ -389,6 +364,29 @@ impl RedisWriter {
                 self.status.error(error);
             }
         }
+    }
+
+    /// Take the lock if it is free; an error when another owner holds it.
+    /// A new acquisition re-reads the state from Redis.
+    async fn hold_lock(&mut self) -> Result<(), RedisWriterError> {
+        let Some(lock) = self.lock.clone() else {
+            return Ok(());
+        };
+        if !lock.is_held() {
+            let held = lock.tick(&self.target).await?;
+            self.talked = true;
+            if !held {
+                self.synced = false;
+                return Err(RedisWriterError::LockNotHeld {
+                    key: self.config.lock.key.clone(),
+                });
+            }
+        }
+        if lock.epoch() != self.lock_epoch {
+            self.lock_epoch = lock.epoch();
+            self.synced = false;
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------ scope
@@ -406,149 +404,49 @@ impl RedisWriter {
             && !self.registry.is_assigned(entity)
     }
 
+    /// Whether `entity` is this writer's at all (the configured entities,
+    /// else every entity).
+    fn wants(&self, entity: &str) -> bool {
+        !self.explicit() || self.config.entities.iter().any(|e| e == entity)
+    }
+
+    /// How `entity`'s rows are written now (its version resolved by
+    /// [`RedisCache::check_versions`]).
     fn scope(&self, entity: &str) -> Scope {
-        if self.gone(entity) {
+        if self.gone(entity) || !self.wants(entity) {
             return Scope::Out;
         }
-        let explicit = self.explicit();
-        if explicit && !self.config.entities.iter().any(|e| e == entity) {
-            return Scope::Out;
-        }
-        match self.registry.for_entity(entity) {
-            Some(plugin) => Scope::In(plugin),
-            None if explicit || matches!(self.stored.get(entity), Some(Some(_))) => Scope::Missing,
-            None => Scope::Out,
+        let plugin = self.registry.for_entity(entity);
+        match (plugin, self.current.get(entity)) {
+            (Some(plugin), Some(version)) => Scope::In(plugin, version.clone()),
+            _ if self.explicit()
+                || self.layouts.contains_key(entity)
+                || self.current.contains_key(entity)
+                || matches!(self.stored.get(entity), Some(Some(_))) =>
+            {
+                Scope::Missing
+            }
+            _ => Scope::Out,
         }
     }
 
-    /// The entities to check versions of: the configured ones, or every
-    /// entity some loaded plugin serves (assigned, declared, or defined in
-    /// the store).
+    /// The entities to bootstrap and check: the configured ones, or every
+    /// entity defined in the store (at the last full read) or with a pushed
+    /// layout.
     async fn candidates(&mut self, fresh: bool) -> Result<Vec<String>, RedisWriterError> {
         if self.explicit() {
             return Ok(self.config.entities.clone());
         }
-        if !fresh && !due(self.candidates_at, CANDIDATES_EVERY) {
-            return Ok(self.candidates.clone());
+        if fresh || self.defined.is_none() {
+            self.read_defined().await?;
         }
-        let mut names: BTreeSet<String> = self
-            .store
-            .entities()
-            .await?
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        for plugin in self.registry.plugins() {
-            names.extend(plugin.entities);
-            if let Some(loaded) = self.registry.plugin(&plugin.name) {
-                names.extend(
-                    loaded
-                        .info()
-                        .bindings
-                        .iter()
-                        .filter(|b| b.entity != "*")
-                        .map(|b| b.entity.clone()),
-                );
-            }
-        }
-        self.candidates = names
-            .into_iter()
-            .filter(|name| self.registry.for_entity(name).is_some())
-            .collect();
-        self.candidates_at = Some(Instant::now());
-        Ok(self.candidates.clone())
+        let mut names = self.candidates.clone();
+        names.extend(self.layouts.keys().cloned());
+        Ok(names.into_iter().collect())
     }
 
-    // ------------------------------------------------------------ steps
-
-    /// Read and apply one batch. `read == 0` means the writer is caught up;
-    /// `waiting` says it could not write (lock held elsewhere, breaker
-    /// open). A Redis failure is returned (and counted by the breaker); the
-    /// batch is retried from the same offset by the next step.
-    pub async fn step(&mut self) -> Result<StepReport, RedisWriterError> {
-        self.step_with(false).await
-    }
-
-    async fn step_with(&mut self, force: bool) -> Result<StepReport, RedisWriterError> {
-        let mut report = StepReport {
-            offset: self.offset,
-            ..StepReport::default()
-        };
-        if let Err(open) = self.breaker.check() {
-            report.waiting = Some(Waiting::Breaker {
-                retry_in: open.retry_in,
-            });
-            return Ok(report);
-        }
-        self.talked = false;
-        let result = self.guarded_step(force, &mut report).await;
-        self.account(&result);
-        report.offset = self.offset;
-        match result {
-            Ok(()) => Ok(report),
-            Err(RedisWriterError::LockNotHeld { .. }) => {
-                report.waiting = Some(Waiting::Lock);
-                Ok(report)
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    async fn guarded_step(
-        &mut self,
-        force: bool,
-        report: &mut StepReport,
-    ) -> Result<(), RedisWriterError> {
-        if let Some(lock) = self.lock.clone() {
-            if !lock.is_held() {
-                let held = lock.tick(&self.target).await?;
-                self.talked = true;
-                if !held {
-                    report.waiting = Some(Waiting::Lock);
-                    self.synced = false;
-                    return Ok(());
-                }
-            }
-            if lock.epoch() != self.lock_epoch {
-                self.lock_epoch = lock.epoch();
-                self.synced = false;
-            }
-        }
-        let probing = self.breaker.state() != BreakerState::Closed || !self.status.connected();
-        if force || probing || !self.synced || due(self.last_state_check, STATE_CHECK_EVERY) {
-            self.sync_state(report).await?;
-        }
-        if force || due(self.defined_at, CANDIDATES_EVERY) {
-            self.purge_deleted().await?;
-        }
-        let entries = self
-            .store
-            .read_log(self.offset, self.config.batch_size)
-            .await?;
-        report.read = entries.len();
-        let all = force || due(self.last_version_check, VERSION_CHECK_EVERY);
-        if all || !entries.is_empty() {
-            self.check_versions(&entries, all, report).await?;
-        }
-        if entries.is_empty() {
-            self.status.set_caught_up(true);
-            if force
-                || self.cursor_checked_at != self.offset
-                || due(self.last_cursor_check, CURSOR_CHECK_EVERY)
-            {
-                self.mirror_cursor().await?;
-            }
-        } else {
-            self.status.set_caught_up(false);
-            self.apply_log(entries, report).await?;
-        }
-        Ok(())
-    }
-
-    /// Re-read which entities the store defines; purge the cache of every
-    /// entity this writer holds state for that is gone (deleted): its keys
-    /// (by the remembered-keys hash), the hash and its version key.
-    async fn purge_deleted(&mut self) -> Result<(), RedisWriterError> {
+    /// Re-read which entities the store defines.
+    async fn read_defined(&mut self) -> Result<(), RedisWriterError> {
         let defined: BTreeSet<String> = self
             .store
             .entities()
@@ -556,8 +454,36 @@ impl RedisWriter {
             .into_iter()
             .map(|e| e.name)
             .collect();
+        self.candidates = defined.clone();
         self.defined = Some(defined);
-        self.defined_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// `entity`'s layout version: as pushed, else as published in the store
+    /// (an entity another node created before this node's manager saw it).
+    async fn resolve_version(&mut self, entity: &str) -> Result<Option<String>, RedisWriterError> {
+        if let Some(version) = self.current.get(entity) {
+            return Ok(Some(version.clone()));
+        }
+        let version = match self.layouts.get(entity) {
+            Some(layout) => Some(layout.version.clone()),
+            None => EntityLayout::load(self.store.as_ref(), entity)
+                .await?
+                .map(|layout| layout.version),
+        };
+        if let Some(version) = &version {
+            self.current.insert(entity.to_owned(), version.clone());
+        }
+        Ok(version)
+    }
+
+    // ------------------------------------------------------------ steps
+
+    /// Re-read which entities the store defines; purge the cache of every
+    /// entity this writer holds state for that is gone (deleted): its keys
+    /// (by the remembered-keys hash), the hash and its version key.
+    async fn purge_deleted(&mut self) -> Result<(), RedisWriterError> {
+        self.read_defined().await?;
         let gone: Vec<String> = self
             .stored
             .iter()
@@ -661,22 +587,19 @@ impl RedisWriter {
         self.remembered.clear();
         self.cursor_written = None;
         let candidates = self.candidates(true).await?;
-        let scoped: Vec<(String, Arc<LoadedPlugin>)> = candidates
-            .into_iter()
-            .filter_map(|entity| match self.scope(&entity) {
-                Scope::In(plugin) => Some((entity, plugin)),
-                _ => None,
-            })
-            .collect();
         let mut versions = Vec::new();
         let mut rows = 0;
-        for (entity, plugin, version) in versions_of(scoped).await? {
-            let version = match version {
-                Ok(version) => version,
-                Err(error) => {
-                    tracing::warn!(entity = %entity, %error, "no cache version: entity not bootstrapped");
+        for entity in candidates {
+            if self.resolve_version(&entity).await?.is_none() {
+                continue;
+            }
+            let (plugin, version) = match self.scope(&entity) {
+                Scope::In(plugin, version) => (plugin, version),
+                Scope::Missing => {
+                    tracing::warn!(entity = %entity, "no plugin serves the entity here: not bootstrapped (rebuilt once one does)");
                     continue;
                 }
+                Scope::Out => continue,
             };
             rows += self.load_entity(&entity, &plugin, &version, report).await?;
             if reason.may_hold_foreign_data() {
@@ -696,7 +619,6 @@ impl RedisWriter {
         for (entity, version) in versions {
             self.status.set_version(&entity, Some(&version));
             self.status.set_waiting(&entity, false);
-            self.current.insert(entity.clone(), version.clone());
             self.stored.insert(entity, Some(version));
         }
         self.offset = head;
@@ -787,16 +709,9 @@ impl RedisWriter {
     ) -> Result<u64, RedisWriterError> {
         let mut plugins = HashMap::new();
         plugins.insert(entity.to_owned(), (plugin.clone(), version.to_owned()));
-        let mut after: Option<String> = None;
+        let mut pages = LatestPages::new(entity, self.config.batch_size);
         let mut rows = 0u64;
-        loop {
-            let page = self
-                .store
-                .latest_page(entity, after.as_deref(), self.config.batch_size)
-                .await?;
-            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
-                break;
-            };
+        while let Some(page) = pages.next(self.store.as_ref()).await? {
             rows += page.len() as u64;
             let items = page
                 .into_iter()
@@ -811,36 +726,37 @@ impl RedisWriter {
                 .collect();
             self.apply_items(items, &plugins, Vec::new(), None, report)
                 .await?;
-            after = Some(last);
         }
         Ok(rows)
     }
 
-    /// Compare each entity's plugin version with the stored one; rebuild
-    /// the entities whose version changed. `all`: every candidate, else
-    /// only the entities of `entries`.
+    /// Compare the layout version of each of `entities` with the version
+    /// stored in Redis; rebuild the entities whose version changed. An
+    /// entity with no plugin or layout here waits (rebuilt once it has).
     async fn check_versions(
         &mut self,
-        entries: &[OplogEntry],
-        all: bool,
+        entities: BTreeSet<String>,
         report: &mut StepReport,
     ) -> Result<(), RedisWriterError> {
-        let mut entities: BTreeSet<String> = entries.iter().map(|e| e.entity.clone()).collect();
-        if all {
-            entities.extend(self.candidates(false).await?);
-            self.last_version_check = Some(Instant::now());
+        let mut scoped: Vec<(String, Arc<LoadedPlugin>, String)> = Vec::new();
+        for entity in entities {
+            if self.gone(&entity) || !self.wants(&entity) {
+                continue;
+            }
+            if self.resolve_version(&entity).await?.is_none() && self.explicit() {
+                tracing::warn!(entity = %entity, "the entity has no published cache layout yet");
+            }
+            match self.scope(&entity) {
+                Scope::In(plugin, version) => scoped.push((entity, plugin, version)),
+                Scope::Missing => self.status.set_waiting(&entity, true),
+                Scope::Out => {}
+            }
         }
-        let scoped: Vec<(String, Arc<LoadedPlugin>)> = entities
-            .into_iter()
-            .filter_map(|entity| match self.scope(&entity) {
-                Scope::In(plugin) => Some((entity, plugin)),
-                _ => None,
-            })
-            .collect();
-        let unknown: Vec<&String> = scoped
+        let unknown: Vec<String> = scoped
             .iter()
-            .map(|(entity, _)| entity)
+            .map(|(entity, _, _)| entity)
             .filter(|entity| !self.stored.contains_key(*entity))
+            .cloned()
             .collect();
         if !unknown.is_empty() {
             let commands: Vec<Command> = unknown
@@ -849,23 +765,12 @@ impl RedisWriter {
                     key: self.config.version_key(entity),
                 })
                 .collect();
-            let unknown: Vec<String> = unknown.into_iter().cloned().collect();
             let replies = self.exec(&commands, "read versions").await?;
             for (entity, reply) in unknown.into_iter().zip(replies) {
                 self.stored.insert(entity, reply.into_value());
             }
         }
-        for (entity, plugin, version) in versions_of(scoped).await? {
-            let version = match version {
-                Ok(version) => version,
-                Err(error) => {
-                    tracing::warn!(entity = %entity, %error, "cannot read the entity's cache version");
-                    self.current.remove(&entity);
-                    self.status.set_waiting(&entity, true);
-                    continue;
-                }
-            };
-            self.current.insert(entity.clone(), version.clone());
+        for (entity, plugin, version) in scoped {
             let stored = self.stored.get(&entity).cloned().flatten();
             if stored.as_deref() == Some(version.as_str()) {
                 self.status.set_waiting(&entity, false);
@@ -928,20 +833,9 @@ impl RedisWriter {
                             .0 += 1;
                         continue;
                     }
-                    Scope::In(plugin) => match self.current.get(&entry.entity) {
-                        Some(version) => {
-                            plugins.insert(entry.entity.clone(), (plugin, version.clone()));
-                        }
-                        None => {
-                            // Like a missing plugin: rebuilt from the latest
-                            // rows once the plugin names a version.
-                            missing
-                                .entry(entry.entity.clone())
-                                .or_insert_with(|| (0, entry.doc_id.clone()))
-                                .0 += 1;
-                            continue;
-                        }
-                    },
+                    Scope::In(plugin, version) => {
+                        plugins.insert(entry.entity.clone(), (plugin, version));
+                    }
                 }
             }
             items.push(Item {
@@ -954,7 +848,7 @@ impl RedisWriter {
         }
         let mut extra_state = Vec::new();
         for (entity, (rows, first)) in missing {
-            tracing::warn!(entity = %entity, doc_id = %first, rows, error = "no plugin serves the entity or it names no cache version", "entity waits: rebuilt from its latest rows once it has a version");
+            tracing::warn!(entity = %entity, doc_id = %first, rows, error = "no plugin serves the entity here or it has no published layout", "entity waits: rebuilt from its latest rows once it has a version");
             skipped += rows as u64;
             self.status.set_waiting(&entity, true);
             // Forget the stored version: the entity is rebuilt from its
@@ -1243,29 +1137,10 @@ impl RedisWriter {
         Ok(())
     }
 
-    /// Apply batches until the log is exhausted (or the writer has to wait
-    /// for the lock or the breaker); returns the totals. The first step
-    /// re-reads the offset and every entity version.
-    pub async fn catch_up(&mut self) -> Result<StepReport, RedisWriterError> {
-        let mut total = StepReport {
-            offset: self.offset,
-            ..StepReport::default()
-        };
-        let mut force = true;
-        loop {
-            let step = self.step_with(force).await?;
-            force = false;
-            total.add(&step);
-            if step.read == 0 || step.waiting.is_some() {
-                return Ok(total);
-            }
-        }
-    }
-
     /// Run the stale-version cleanup now: delete the keys under
     /// `cleanup_prefixes` whose version is not the current version of any
     /// in-scope entity (after re-checking the versions, so a pending
-    /// rebuild happens first).
+    /// rebuild happens first). Refused while the breaker is open.
     pub async fn cleanup_now(&mut self) -> Result<CleanupReport, RedisWriterError> {
         if let Err(open) = self.breaker.check() {
             return Err(RedisWriterError::BreakerOpen {
@@ -1274,7 +1149,12 @@ impl RedisWriter {
         }
         self.talked = false;
         let result = self.guarded_cleanup().await;
-        self.account(&result);
+        match &result {
+            Ok(_) if self.talked => self.breaker.success(),
+            Err(error) if error.is_redis() => self.breaker.failure(),
+            _ => {}
+        }
+        self.book(result.as_ref());
         if let Ok(report) = &result {
             self.status.add_cleanup(report.removed);
             tracing::info!(
@@ -1289,20 +1169,12 @@ impl RedisWriter {
     }
 
     async fn guarded_cleanup(&mut self) -> Result<CleanupReport, RedisWriterError> {
-        if let Some(lock) = self.lock.clone() {
-            if !lock.is_held() {
-                lock.tick(&self.target).await?;
-                self.talked = true;
-            }
-            if !lock.is_held() {
-                return Err(RedisWriterError::LockNotHeld {
-                    key: self.config.lock.key.clone(),
-                });
-            }
-        }
+        self.hold_lock().await?;
         let mut report = StepReport::default();
         self.sync_state(&mut report).await?;
-        self.check_versions(&[], true, &mut report).await?;
+        let candidates = self.candidates(false).await?;
+        self.check_versions(candidates.into_iter().collect(), &mut report)
+            .await?;
         let versions: BTreeSet<String> = self.status.versions().into_values().collect();
         let result = cleanup(&self.target, &self.config.cleanup_prefixes, &versions).await?;
         self.talked = true;
@@ -1316,14 +1188,141 @@ impl RedisWriter {
             None => Ok(false),
         }
     }
+}
 
-    /// Replicate until `cancel` fires: steps back to back while there is a
-    /// backlog, `poll_ms` apart when caught up; waits out an open breaker
-    /// or a lock held elsewhere; renews the lock every `ttl / 3` on a task
-    /// of its own; runs the cleanup every `cleanup_interval_secs`. Releases
-    /// the lock on the way out.
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let renewal = self.lock.clone().map(|lock| {
+impl WriterError for RedisWriterError {
+    fn target_failed(&self) -> bool {
+        self.is_redis()
+    }
+
+    fn waiting(&self) -> Option<Waiting> {
+        match self {
+            RedisWriterError::LockNotHeld { .. } => Some(Waiting::Lock),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl CacheWriter for RedisCache {
+    type Error = RedisWriterError;
+
+    fn name(&self) -> &'static str {
+        WRITER_NAME
+    }
+
+    fn read_position(&self) -> i64 {
+        self.offset
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Hold the lock; re-read the offset and stored versions from Redis
+    /// (bootstrapping when the offset is missing or not this oplog's) on a
+    /// full step, after a reconnect or lock acquisition, and every
+    /// `STATE_CHECK_EVERY` (a flushed Redis is state outside the oplog);
+    /// on a full step, also re-check every version and purge deleted
+    /// entities.
+    async fn sync(&mut self, full: bool, cx: &mut StepContext<'_>) -> Result<(), RedisWriterError> {
+        self.talked = false;
+        self.layouts = cx.layouts.clone();
+        if full {
+            self.current.clear();
+        }
+        self.hold_lock().await?;
+        let probing = !self.status.connected();
+        if full || probing || !self.synced || due(self.last_state_check, STATE_CHECK_EVERY) {
+            self.sync_state(cx.report).await?;
+        }
+        if full {
+            self.purge_deleted().await?;
+            let candidates = self.candidates(false).await?;
+            self.check_versions(candidates.into_iter().collect(), cx.report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn layouts_changed(
+        &mut self,
+        changed: &BTreeSet<String>,
+        cx: &mut StepContext<'_>,
+    ) -> Result<(), RedisWriterError> {
+        self.layouts = cx.layouts.clone();
+        for entity in changed {
+            self.current.remove(entity);
+        }
+        if changed
+            .iter()
+            .any(|entity| !cx.layouts.contains_key(entity))
+        {
+            // A withdrawn layout: the entity may be deleted.
+            self.purge_deleted().await?;
+        }
+        self.check_versions(changed.clone(), cx.report).await
+    }
+
+    async fn apply(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        cx: &mut StepContext<'_>,
+    ) -> Result<(), RedisWriterError> {
+        let entities: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| !self.current.contains_key(&e.entity))
+            .map(|e| e.entity.clone())
+            .collect();
+        if !entities.is_empty() {
+            self.check_versions(entities, cx.report).await?;
+        }
+        self.apply_log(entries, cx.report).await
+    }
+
+    async fn caught_up(
+        &mut self,
+        full: bool,
+        _cx: &mut StepContext<'_>,
+    ) -> Result<(), RedisWriterError> {
+        if full
+            || self.cursor_checked_at != self.offset
+            || due(self.last_cursor_check, CURSOR_CHECK_EVERY)
+        {
+            self.mirror_cursor().await?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, outcome: Result<(), &RedisWriterError>) {
+        self.book(outcome.as_ref().map_err(|e| *e));
+    }
+
+    fn set_caught_up(&self, caught_up: bool) {
+        self.status.set_caught_up(caught_up);
+    }
+
+    fn lock_wait(&self) -> Duration {
+        self.lock
+            .as_ref()
+            .map_or(self.config.poll_interval(), |l| l.renew_every())
+    }
+
+    fn housekeeping_due(&self) -> Option<Instant> {
+        self.next_cleanup
+    }
+
+    async fn housekeeping(&mut self) -> Result<(), RedisWriterError> {
+        self.next_cleanup = self
+            .config
+            .cleanup_interval()
+            .map(|every| Instant::now() + every);
+        self.cleanup_now().await.map(|_| ())
+    }
+
+    /// Renew the lock every `ttl / 3` on a task of its own.
+    async fn start(&mut self, cancel: &CancellationToken) {
+        self.renewal = self.lock.clone().map(|lock| {
             let target = self.target.clone();
             let stop = cancel.child_token();
             tokio::spawn(async move {
@@ -1338,92 +1337,18 @@ impl RedisWriter {
                 }
             })
         });
-        // Caught up, the writer waits for a commit of this process's store,
-        // or `poll_ms` (other processes' commits, Redis state checks).
-        let mut commits = self.store.commits();
-        let cleanup_every = self.config.cleanup_interval();
-        let mut next_cleanup = cleanup_every.map(|every| Instant::now() + every);
-        let mut backoff = ERROR_BACKOFF_MIN;
-        loop {
-            let result = tokio::select! {
-                _ = cancel.cancelled() => break,
-                result = self.step() => result,
-            };
-            let wait = match result {
-                Ok(StepReport {
-                    waiting: Some(Waiting::Breaker { retry_in }),
-                    ..
-                }) => retry_in,
-                Ok(StepReport {
-                    waiting: Some(Waiting::Lock),
-                    ..
-                }) => self
-                    .lock
-                    .as_ref()
-                    .map_or(self.config.poll_interval(), |l| l.renew_every()),
-                Ok(report) => {
-                    backoff = ERROR_BACKOFF_MIN;
-                    if report.read > 0 {
-                        tracing::debug!(
-                            read = report.read,
-                            upserted = report.upserted,
-                            deleted = report.deleted,
-                            keys_written = report.keys_written,
-                            keys_deleted = report.keys_deleted,
-                            offset = report.offset,
-                            "redis batch applied"
-                        );
-                        Duration::ZERO
-                    } else {
-                        self.config.poll_interval()
-                    }
-                }
-                Err(error) => {
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(ERROR_BACKOFF_MAX);
-                    tracing::warn!(
-                        %error,
-                        retry_in_ms = wait.as_millis() as u64,
-                        breaker = %self.breaker.state(),
-                        offset = self.offset,
-                        "redis writer step failed"
-                    );
-                    wait
-                }
-            };
-            if let (Some(at), Some(every)) = (next_cleanup, cleanup_every)
-                && Instant::now() >= at
-                && self.breaker.state() == BreakerState::Closed
-            {
-                next_cleanup = Some(Instant::now() + every);
-                let result = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    result = self.cleanup_now() => result,
-                };
-                if let Err(error) = result {
-                    tracing::warn!(%error, "stale-version cleanup failed");
-                }
-            }
-            if !wait.is_zero() {
-                let idle = wait == self.config.poll_interval();
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = commits.changed(), if idle => {}
-                }
-            }
-        }
-        if let Some(renewal) = renewal {
+    }
+
+    /// Stop renewing and release the lock.
+    async fn stop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
         if let Some(lock) = &self.lock
             && lock.is_held()
+            && let Err(error) = self.release_lock().await
         {
-            match self.release_lock().await {
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "cannot release the writer lock"),
-            }
+            tracing::warn!(%error, "cannot release the writer lock");
         }
-        tracing::info!(offset = self.offset, "redis writer stopped");
     }
 }
