@@ -1,6 +1,15 @@
-//! The health endpoints, on their own port (Schematic's `HEALTH_PORT`,
-//! default 8090), as spec §6 defines them:
+//! The health endpoints, on their own port (default 8090, Schematic's
+//! `HEALTH_PORT`). They aggregate what the node's parts report: each source
+//! that has a readiness provides a [`SourceProbe`], each cache writer a
+//! [`CacheWriterProbe`]; this module knows neither Schematic nor Redis.
 //!
+//! - `GET /ready`: 200 only once the caches are warm: every probed source is
+//!   connected and its warm mark ([`SourceProbe::ready_mark`]: e.g. its
+//!   initial load, committed to the oplog) is applied by every writer, and
+//!   every writer is connected and complete. 503 otherwise. The body is the
+//!   node's [`ReadinessBody`]: the generic one (`status`, `ready`,
+//!   `sources`, `writers`, `timestamp`), or a drop-in's (the Schematic
+//!   profile answers Schematic's body, see `crate::schematic::readiness`).
 //! - `GET /health`: 200 while the process lives. The body is `/ready`'s with
 //!   `"status": "healthy"`, plus `"tasks"` (each background task's and
 //!   job's [`TaskState`], by name: `running`, `restarting` with its restart
@@ -9,16 +18,11 @@
 //!   whose last run failed; empty when all is well). A degraded task does not
 //!   turn `/health` into an error: the process still serves, and the
 //!   supervisor restarts it; monitoring reads `degraded`.
-//! - `GET /ready`: 200 only once the cache is warm: every datastream source
-//!   is connected, its initial load (or, after a reconnect, everything up
-//!   to the reconnect) is committed to the oplog, and the cache writer has
-//!   applied the oplog up to there. 503 otherwise. The body is the same
-//!   either way: `{"status", "ready", "connected", "components": {"redis",
-//!   "datastream"}, "cache_version", "timestamp"}`, plus `"error"` when a
-//!   source's API key was rejected (close code 4001).
-//! - `GET /debug`: every counter as JSON, and the task states.
-//! - `GET /metrics`: the same counters in Prometheus' text format
-//!   (`emcachers_tasks_degraded`, `emcachers_task_restarts_total`).
+//! - `GET /debug`: every probe's counters as JSON (`sources`, `writers`),
+//!   and the task states.
+//! - `GET /metrics`: the probes' counters in Prometheus' text format, and
+//!   `emcachers_ready`, `emcachers_oplog_head`, `emcachers_tasks_degraded`,
+//!   `emcachers_task_restarts_total`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,8 +38,63 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::redis::RedisWriterStatus;
 use crate::jobs::{TaskState, TaskStates};
 use crate::oplog::OplogStore;
-use crate::plugin::PluginRegistry;
-use crate::sources::datastream::DatastreamStatus;
+
+/// One Prometheus sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// The metric name.
+    pub name: String,
+    /// Its help text.
+    pub help: &'static str,
+    /// `gauge` or `counter`.
+    pub kind: &'static str,
+    /// The value.
+    pub value: f64,
+}
+
+impl Metric {
+    /// A gauge.
+    pub fn gauge(name: impl Into<String>, help: &'static str, value: f64) -> Metric {
+        Metric {
+            name: name.into(),
+            help,
+            kind: "gauge",
+            value,
+        }
+    }
+
+    /// A counter.
+    pub fn counter(name: impl Into<String>, help: &'static str, value: f64) -> Metric {
+        Metric {
+            name: name.into(),
+            help,
+            kind: "counter",
+            value,
+        }
+    }
+}
+
+/// What readiness needs to know of a source.
+pub trait SourceProbe: Send + Sync {
+    /// The source's name.
+    fn name(&self) -> &str;
+    /// Its kind (`datastream`).
+    fn kind(&self) -> &'static str;
+    /// Whether it is connected to what it reads.
+    fn connected(&self) -> bool;
+    /// The oplog id the caches must have applied before this source's data
+    /// counts as landed (e.g. the head after its initial load committed);
+    /// `None` while it has none (loading, disconnected).
+    fn ready_mark(&self) -> Option<i64>;
+    /// Why it cannot connect, when it knows (e.g. a rejected API key).
+    fn error(&self) -> Option<String> {
+        None
+    }
+    /// Its counters, for `/debug`.
+    fn debug(&self) -> Value;
+    /// Its counters, for `/metrics`.
+    fn metrics(&self) -> Vec<Metric>;
+}
 
 /// What `/ready` needs to know of a cache writer.
 pub trait CacheWriterProbe: Send + Sync {
@@ -54,8 +113,8 @@ pub trait CacheWriterProbe: Send + Sync {
     fn version(&self, entity: &str) -> Option<String>;
     /// Its counters, for `/debug`.
     fn debug(&self) -> Value;
-    /// Its counters as (metric name, help, value), for `/metrics`.
-    fn metrics(&self) -> Vec<(&'static str, &'static str, f64)>;
+    /// Its counters, for `/metrics`.
+    fn metrics(&self) -> Vec<Metric>;
 }
 
 impl CacheWriterProbe for RedisWriterStatus {
@@ -83,60 +142,60 @@ impl CacheWriterProbe for RedisWriterStatus {
         serde_json::to_value(self.snapshot()).unwrap_or(Value::Null)
     }
 
-    fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {
+    fn metrics(&self) -> Vec<Metric> {
         let s = self.snapshot();
         vec![
-            (
+            Metric::gauge(
                 "emcachers_redis_connected",
                 "1 while the last Redis call worked.",
                 f64::from(u8::from(s.connected)),
             ),
-            (
+            Metric::gauge(
                 "emcachers_redis_applied_offset",
                 "The last oplog id applied to Redis.",
                 s.applied_offset as f64,
             ),
-            (
+            Metric::gauge(
                 "emcachers_redis_lag",
                 "Oplog entries seen but not yet applied.",
                 (s.head_seen - s.applied_offset).max(0) as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_keys_written_total",
                 "Entity keys set.",
                 s.keys_written as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_keys_deleted_total",
                 "Entity keys deleted.",
                 s.keys_deleted as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_rows_applied_total",
                 "Rows applied.",
                 s.rows_applied as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_rows_skipped_total",
                 "Rows of entities waiting for a plugin or a cache version (rebuilt once they have one).",
                 s.rows_skipped as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_rows_dead_lettered_total",
                 "Rows the writer could not apply, kept as rejected records (source cache-writer:redis).",
                 s.rows_dead_lettered as f64,
             ),
-            (
+            Metric::gauge(
                 "emcachers_redis_waiting_entities",
                 "In-scope entities waiting for a plugin or a cache version.",
                 s.waiting_entities.len() as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_errors_total",
                 "Failed writer steps.",
                 s.errors as f64,
             ),
-            (
+            Metric::counter(
                 "emcachers_redis_cleanup_removed_total",
                 "Keys removed by stale-version cleanup.",
                 s.cleanup_removed as f64,
@@ -192,96 +251,189 @@ impl CacheWriterProbe for ProbeSlot {
         self.current().debug()
     }
 
-    fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {
+    fn metrics(&self) -> Vec<Metric> {
         self.current().metrics()
+    }
+}
+
+/// How `/ready` (and `/health`, which adds to it) answers in JSON.
+pub trait ReadinessBody: Send + Sync {
+    /// The body for `readiness` (the probes of `state` answer the rest,
+    /// e.g. a writer's cache version).
+    fn body(&self, state: &HealthState, readiness: &Readiness) -> Value;
+}
+
+/// The generic `/ready` body: `{"status": "ready" | "not_ready", "ready",
+/// "sources": {name: {"kind", "connected", "landed", "error"?}},
+/// "writers": {component: {"connected", "complete", "applied_offset"}},
+/// "timestamp"}`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GenericBody;
+
+impl ReadinessBody for GenericBody {
+    fn body(&self, _state: &HealthState, readiness: &Readiness) -> Value {
+        let sources: serde_json::Map<String, Value> = readiness
+            .sources
+            .iter()
+            .map(|s| {
+                let mut value = json!({
+                    "kind": s.kind,
+                    "connected": s.connected,
+                    "landed": s.landed,
+                });
+                if let (Some(error), Some(map)) = (&s.error, value.as_object_mut()) {
+                    map.insert("error".into(), Value::String(error.clone()));
+                }
+                (s.name.clone(), value)
+            })
+            .collect();
+        let writers: serde_json::Map<String, Value> = readiness
+            .writers
+            .iter()
+            .map(|w| {
+                (
+                    w.component.to_owned(),
+                    json!({
+                        "connected": w.connected,
+                        "complete": w.complete,
+                        "applied_offset": w.applied,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "status": if readiness.ready { "ready" } else { "not_ready" },
+            "ready": readiness.ready,
+            "sources": sources,
+            "writers": writers,
+            "timestamp": rfc3339(SystemTime::now()),
+        })
     }
 }
 
 /// Everything the endpoints read.
 #[derive(Clone)]
 pub struct HealthState {
-    /// The datastream sources.
-    pub datastreams: Vec<Arc<DatastreamStatus>>,
-    /// The cache writer readiness waits for.
-    pub writer: Option<Arc<dyn CacheWriterProbe>>,
+    /// The sources readiness waits for.
+    pub sources: Vec<Arc<dyn SourceProbe>>,
+    /// The cache writers readiness waits for.
+    pub writers: Vec<Arc<dyn CacheWriterProbe>>,
+    /// How `/ready` answers.
+    pub body: Arc<dyn ReadinessBody>,
     /// The oplog store (head, for `/debug`).
     pub store: Arc<dyn OplogStore>,
-    /// The plugins (the cache version when no writer knows it).
-    pub registry: Arc<PluginRegistry>,
-    /// The entity whose cache version `/ready` reports.
-    pub version_entity: String,
     /// When the process started.
     pub started: Instant,
     /// The states of the background tasks and jobs.
     pub tasks: TaskStates,
 }
 
-/// The readiness of the node.
+/// A source's part of [`Readiness`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceReadiness {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Whether it is connected.
+    pub connected: bool,
+    /// Whether its warm mark is applied by every writer.
+    pub landed: bool,
+    /// Why it cannot connect, when known.
+    pub error: Option<String>,
+}
+
+/// A writer's part of [`Readiness`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterReadiness {
+    /// Its component name (`redis`).
+    pub component: &'static str,
+    /// Whether its target is reachable.
+    pub connected: bool,
+    /// Whether every entity it should write is being written.
+    pub complete: bool,
+    /// The last oplog id it applied.
+    pub applied: i64,
+}
+
+/// The readiness of the node, aggregated from its probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
     /// Whether `/ready` answers 200.
     pub ready: bool,
-    /// Whether every datastream is connected.
-    pub connected: bool,
-    /// `connected` or `disconnected` (the writer's target).
-    pub writer: &'static str,
-    /// `ready`, `connected_loading` or `disconnected`.
-    pub datastream: &'static str,
-    /// The cache version.
-    pub cache_version: String,
-    /// Why a source cannot connect, when known.
-    pub error: Option<String>,
+    /// Each probed source.
+    pub sources: Vec<SourceReadiness>,
+    /// Each writer.
+    pub writers: Vec<WriterReadiness>,
+}
+
+impl Readiness {
+    /// Whether every source is connected.
+    pub fn connected(&self) -> bool {
+        self.sources.iter().all(|s| s.connected)
+    }
+
+    /// Whether every source's data landed in every writer.
+    pub fn landed(&self) -> bool {
+        self.sources.iter().all(|s| s.landed)
+    }
+
+    /// Whether every writer is connected.
+    pub fn writers_connected(&self) -> bool {
+        self.writers.iter().all(|w| w.connected)
+    }
+
+    /// Whether every writer writes every entity it should.
+    pub fn writers_complete(&self) -> bool {
+        self.writers.iter().all(|w| w.complete)
+    }
+
+    /// The first error a source reports.
+    pub fn error(&self) -> Option<&str> {
+        self.sources.iter().find_map(|s| s.error.as_deref())
+    }
 }
 
 impl HealthState {
     /// The readiness now.
     pub fn readiness(&self) -> Readiness {
-        let writer_connected = self.writer.as_ref().is_none_or(|w| w.connected());
-        let writer_complete = self.writer.as_ref().is_none_or(|w| w.complete());
-        let applied = self.writer.as_ref().map(|w| w.applied_offset());
-        let connected = self.datastreams.iter().all(|d| d.connected());
-        let landed = self.datastreams.iter().all(|d| {
-            d.connected()
-                && d.ready_mark()
-                    .is_some_and(|mark| applied.is_none_or(|applied| applied >= mark))
-        });
-        let datastream = if !connected {
-            "disconnected"
-        } else if landed && writer_connected && writer_complete {
-            "ready"
-        } else {
-            "connected_loading"
-        };
-        let error = self
-            .datastreams
+        let writers: Vec<WriterReadiness> = self
+            .writers
             .iter()
-            .find(|d| d.unauthorized())
-            .map(|_| "the datastream rejected the API key (close code 4001)".to_owned());
-        Readiness {
-            ready: connected && landed && writer_connected && writer_complete,
-            connected,
-            writer: if writer_connected {
-                "connected"
-            } else {
-                "disconnected"
-            },
-            datastream,
-            cache_version: self.cache_version(),
-            error,
-        }
-    }
-
-    /// The version `/ready` reports: the writer's, else the plugin's.
-    pub fn cache_version(&self) -> String {
-        self.writer
-            .as_ref()
-            .and_then(|w| w.version(&self.version_entity))
-            .or_else(|| {
-                self.registry
-                    .for_entity(&self.version_entity)
-                    .and_then(|p| p.entity_version(&self.version_entity).ok())
+            .map(|w| WriterReadiness {
+                component: w.component(),
+                connected: w.connected(),
+                complete: w.complete(),
+                applied: w.applied_offset(),
             })
-            .unwrap_or_default()
+            .collect();
+        let sources: Vec<SourceReadiness> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let connected = s.connected();
+                let landed = connected
+                    && s.ready_mark()
+                        .is_some_and(|mark| writers.iter().all(|w| w.applied >= mark));
+                SourceReadiness {
+                    name: s.name().to_owned(),
+                    kind: s.kind(),
+                    connected,
+                    landed,
+                    error: s.error(),
+                }
+            })
+            .collect();
+        let mut readiness = Readiness {
+            ready: false,
+            sources,
+            writers,
+        };
+        readiness.ready = readiness.connected()
+            && readiness.landed()
+            && readiness.writers_connected()
+            && readiness.writers_complete();
+        readiness
     }
 }
 
@@ -306,29 +458,10 @@ pub async fn serve(
         .await
 }
 
-fn body(state: &HealthState, readiness: &Readiness) -> Value {
-    let component = state.writer.as_ref().map_or("redis", |w| w.component());
-    let mut body = json!({
-        "status": if readiness.ready { "healthy" } else { "not_ready" },
-        "ready": readiness.ready,
-        "connected": readiness.connected,
-        "components": {
-            component: readiness.writer,
-            "datastream": readiness.datastream,
-        },
-        "cache_version": readiness.cache_version,
-        "timestamp": rfc3339(SystemTime::now()),
-    });
-    if let (Some(error), Some(map)) = (&readiness.error, body.as_object_mut()) {
-        map.insert("error".into(), Value::String(error.clone()));
-    }
-    body
-}
-
 /// The `/health` body: `/ready`'s, `"status": "healthy"`, `"tasks"` and
 /// `"degraded"`.
 fn health_body(state: &HealthState, readiness: &Readiness) -> Value {
-    let mut body = body(state, readiness);
+    let mut body = state.body.body(state, readiness);
     let tasks = state.tasks.snapshot();
     let degraded: Vec<&String> = tasks
         .iter()
@@ -360,7 +493,7 @@ async fn ready(State(state): State<Arc<HealthState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body(&state, &readiness))).into_response()
+    (status, axum::Json(state.body.body(&state, &readiness))).into_response()
 }
 
 async fn debug(State(state): State<Arc<HealthState>>) -> Response {
@@ -368,11 +501,14 @@ async fn debug(State(state): State<Arc<HealthState>>) -> Response {
     let head = state.store.head().await.ok();
     let body = json!({
         "ready": readiness.ready,
-        "cache_version": readiness.cache_version,
         "uptime_secs": state.started.elapsed().as_secs(),
         "oplog": { "backend": state.store.backend(), "head": head },
-        "datastreams": state.datastreams.iter().map(|d| d.snapshot()).collect::<Vec<_>>(),
-        "writer": state.writer.as_ref().map(|w| w.debug()),
+        "sources": state.sources.iter().map(|s| {
+            json!({ "name": s.name(), "kind": s.kind(), "status": s.debug() })
+        }).collect::<Vec<_>>(),
+        "writers": state.writers.iter().map(|w| {
+            json!({ "component": w.component(), "status": w.debug() })
+        }).collect::<Vec<_>>(),
         "tasks": tasks_json(&state.tasks.snapshot()),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
@@ -382,66 +518,51 @@ async fn metrics(State(state): State<Arc<HealthState>>) -> Response {
     use std::fmt::Write;
     let readiness = state.readiness();
     let mut text = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+    let mut write = |metric: &Metric| {
+        let Metric {
+            name,
+            help,
+            kind,
+            value,
+        } = metric;
         let _ = writeln!(
             text,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
-    gauge(
+    write(&Metric::gauge(
         "emcachers_ready",
         "1 when /ready answers 200.",
-        "gauge",
         f64::from(u8::from(readiness.ready)),
-    );
+    ));
     if let Ok(head) = state.store.head().await {
-        gauge(
+        write(&Metric::gauge(
             "emcachers_oplog_head",
             "The highest committed oplog id.",
-            "gauge",
             head as f64,
-        );
+        ));
     }
-    for (index, source) in state.datastreams.iter().enumerate() {
-        let snapshot = source.snapshot();
-        if index > 0 {
-            continue; // one source is the Schematic profile; more would need labels
-        }
-        gauge(
-            "emcachers_datastream_connected",
-            "1 while the datastream is connected.",
-            "gauge",
-            f64::from(u8::from(snapshot.connected)),
-        );
-        if let Some(counters) = snapshot.counters.as_object() {
-            for (name, value) in counters {
-                let metric = format!("emcachers_datastream_{name}_total");
-                gauge(
-                    &metric,
-                    "Datastream counter.",
-                    "counter",
-                    value.as_f64().unwrap_or(0.0),
-                );
-            }
+    // Several sources of one kind would repeat names: the first one speaks
+    // (labels are for later).
+    let mut kinds = std::collections::BTreeSet::new();
+    for source in &state.sources {
+        if kinds.insert(source.kind()) {
+            source.metrics().iter().for_each(&mut write);
         }
     }
     let tasks = state.tasks.snapshot();
-    gauge(
+    write(&Metric::gauge(
         "emcachers_tasks_degraded",
         "Background tasks waiting to restart plus jobs whose last run failed.",
-        "gauge",
         tasks.values().filter(|t| t.degraded()).count() as f64,
-    );
-    gauge(
+    ));
+    write(&Metric::counter(
         "emcachers_task_restarts_total",
         "Restarts of supervised background tasks.",
-        "counter",
         tasks.values().map(|t| t.restarts as f64).sum(),
-    );
-    if let Some(writer) = &state.writer {
-        for (name, help, value) in writer.metrics() {
-            gauge(name, help, "gauge", value);
-        }
+    ));
+    for writer in &state.writers {
+        writer.metrics().iter().for_each(&mut write);
     }
     (
         StatusCode::OK,
@@ -486,11 +607,9 @@ mod tests {
     async fn health_shows_task_states_and_degraded_tasks() {
         use crate::jobs::JobServer;
         use crate::oplog::SqliteStore;
-        use crate::plugin::{PluginEngine, SandboxConfig};
 
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("oplog.sqlite")).expect("store");
-        let engine = PluginEngine::new(SandboxConfig::default()).expect("engine");
         let jobs = JobServer::new();
         jobs.spawn("steady", |cancel: CancellationToken| async move {
             cancel.cancelled().await;
@@ -501,17 +620,16 @@ mod tests {
         jobs.spawn("flaky", |_cancel: CancellationToken| explode());
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let state = HealthState {
-            datastreams: Vec::new(),
-            writer: None,
+            sources: Vec::new(),
+            writers: Vec::new(),
+            body: Arc::new(GenericBody),
             store: Arc::new(store),
-            registry: Arc::new(PluginRegistry::new(engine)),
-            version_entity: String::new(),
             started: Instant::now(),
             tasks: jobs.states(),
         };
         let body = health_body(&state, &state.readiness());
         assert_eq!(body["status"], "healthy");
-        assert!(body["components"].is_object() && body["timestamp"].is_string());
+        assert!(body["sources"].is_object() && body["timestamp"].is_string());
         assert_eq!(body["degraded"], json!(["flaky"]));
         assert_eq!(
             body["tasks"]["steady"],
@@ -527,6 +645,98 @@ mod tests {
         let body = health_body(&state, &state.readiness());
         assert_eq!(body["degraded"], json!([]));
         assert_eq!(body["tasks"]["flaky"]["state"], "stopped");
+    }
+
+    struct Source(bool, Option<i64>);
+
+    impl SourceProbe for Source {
+        fn name(&self) -> &str {
+            "feed"
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn connected(&self) -> bool {
+            self.0
+        }
+        fn ready_mark(&self) -> Option<i64> {
+            self.1
+        }
+        fn debug(&self) -> Value {
+            Value::Null
+        }
+        fn metrics(&self) -> Vec<Metric> {
+            Vec::new()
+        }
+    }
+
+    struct Writer(&'static str, i64, bool);
+
+    impl CacheWriterProbe for Writer {
+        fn component(&self) -> &'static str {
+            self.0
+        }
+        fn connected(&self) -> bool {
+            true
+        }
+        fn applied_offset(&self) -> i64 {
+            self.1
+        }
+        fn complete(&self) -> bool {
+            self.2
+        }
+        fn version(&self, _entity: &str) -> Option<String> {
+            None
+        }
+        fn debug(&self) -> Value {
+            Value::Null
+        }
+        fn metrics(&self) -> Vec<Metric> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn ready_needs_every_source_landed_in_every_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn OplogStore> = Arc::new(
+            crate::oplog::SqliteStore::open(&dir.path().join("oplog.sqlite")).expect("store"),
+        );
+        let state = |source: Source, writers: Vec<Writer>| HealthState {
+            sources: vec![Arc::new(source) as Arc<dyn SourceProbe>],
+            writers: writers
+                .into_iter()
+                .map(|w| Arc::new(w) as Arc<dyn CacheWriterProbe>)
+                .collect(),
+            body: Arc::new(GenericBody),
+            store: store.clone(),
+            started: Instant::now(),
+            tasks: TaskStates::default(),
+        };
+        let both = || vec![Writer("a", 10, true), Writer("b", 7, true)];
+        assert!(
+            !state(Source(true, Some(8)), both()).readiness().ready,
+            "b is behind the mark"
+        );
+        assert!(state(Source(true, Some(7)), both()).readiness().ready);
+        assert!(
+            !state(Source(true, None), both()).readiness().ready,
+            "still loading"
+        );
+        assert!(
+            !state(Source(false, Some(1)), both()).readiness().ready,
+            "disconnected"
+        );
+        let waiting = vec![Writer("a", 10, false)];
+        assert!(
+            !state(Source(true, Some(1)), waiting).readiness().ready,
+            "an entity waits"
+        );
+        let s = state(Source(true, Some(8)), both());
+        let body = s.body.body(&s, &s.readiness());
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["sources"]["feed"]["landed"], false);
+        assert_eq!(body["writers"]["b"]["applied_offset"], 7);
     }
 
     #[test]

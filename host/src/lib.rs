@@ -27,5 +27,6 @@ pub mod jobs;
 pub mod node;
 pub mod oplog;
 pub mod plugin;
+pub mod schematic;
 pub mod sources;
 pub mod telemetry;

@@ -12,13 +12,18 @@ use crate::cache::{
 use crate::config::{Config, SourceConfig};
 use crate::datadir::{DataDirError, DataDirLock};
 use crate::entities::{EntityError, EntityManager, EntitySpec};
-use crate::health::{CacheWriterProbe, HealthState, ProbeSlot};
+use crate::health::{
+    CacheWriterProbe, GenericBody, HealthState, ProbeSlot, ReadinessBody, SourceProbe,
+};
 use crate::ingest::{IngestReport, Pipeline, PipelineError, run_source};
 use crate::jobs::{JobServer, TaskExit};
 use crate::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore, StoreError};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginWatcher, WatchError};
+use crate::schematic::SchematicBody;
 use crate::sources::Source;
-use crate::sources::datastream::{DatastreamError, DatastreamSource, DatastreamStatus};
+use crate::sources::datastream::{
+    DatastreamError, DatastreamProbe, DatastreamSource, DatastreamStatus,
+};
 use crate::sources::jsonl::JsonlFileSource;
 
 /// Why the node could not start or a step failed.
@@ -311,12 +316,27 @@ impl Node {
 
     /// What the health endpoints read.
     pub fn health_state(&self) -> HealthState {
+        let sources: Vec<Arc<dyn SourceProbe>> = self
+            .datastreams
+            .iter()
+            .map(|(name, status)| {
+                Arc::new(DatastreamProbe::new(name.clone(), status.clone())) as Arc<dyn SourceProbe>
+            })
+            .collect();
+        // With a Schematic datastream, `/ready` answers Schematic's body.
+        let body: Arc<dyn ReadinessBody> = if self.datastreams.is_empty() {
+            Arc::new(GenericBody)
+        } else {
+            Arc::new(SchematicBody::new(
+                self.version_entity(),
+                self.entities.layouts(),
+            ))
+        };
         HealthState {
-            datastreams: self.datastreams.iter().map(|(_, s)| s.clone()).collect(),
-            writer: self.writer.clone(),
+            sources,
+            writers: self.writer.iter().cloned().collect(),
+            body,
             store: self.store.clone(),
-            registry: self.registry.clone(),
-            version_entity: self.version_entity(),
             started: std::time::Instant::now(),
             tasks: self.jobs.states(),
         }

@@ -366,11 +366,11 @@ impl Emcachers {
         let (_, debug) = self.get("/debug").expect("GET /debug");
         let n = |v: &Value| v.as_i64().unwrap_or(-1);
         Counters {
-            received: n(&debug["datastreams"][0]["counters"]["messages"]),
+            received: n(&debug["sources"][0]["status"]["counters"]["messages"]),
             head: n(&debug["oplog"]["head"]),
-            applied: n(&debug["writer"]["applied_offset"]),
-            batches: n(&debug["writer"]["batches"]),
-            errors: n(&debug["writer"]["errors"]),
+            applied: n(&debug["writers"][0]["status"]["applied_offset"]),
+            batches: n(&debug["writers"][0]["status"]["batches"]),
+            errors: n(&debug["writers"][0]["status"]["errors"]),
         }
     }
 }

@@ -296,7 +296,7 @@ fn redis_tls_variables_with_a_private_ca() {
         let mut last = Value::Null;
         let ok = wait_until(WAIT, || {
             last = node.get("/debug").1;
-            last["writer"]["last_error"]
+            last["writers"][0]["status"]["last_error"]
                 .as_str()
                 .is_some_and(|e| e.to_ascii_lowercase().contains("certificate"))
         });

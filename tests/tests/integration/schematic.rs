@@ -664,7 +664,7 @@ impl Harness {
     /// A counter of the datastream source, from `/debug`.
     fn counter(&self, name: &str) -> u64 {
         let debug = self.debug();
-        debug["datastreams"][0]["counters"][name]
+        debug["sources"][0]["status"]["counters"][name]
             .as_u64()
             .unwrap_or_else(|| panic!("no datastream counter {name} in {debug}"))
     }
@@ -784,7 +784,7 @@ impl Harness {
         eventually("the Redis writer to apply the oplog head", || {
             let debug = self.debug();
             let head = debug["oplog"]["head"].as_i64().unwrap_or(i64::MAX);
-            debug["writer"]["applied_offset"]
+            debug["writers"][0]["status"]["applied_offset"]
                 .as_i64()
                 .is_some_and(|applied| applied >= head)
         });
@@ -1129,7 +1129,9 @@ fn cleanup_flow(backend: Backend) {
         h.backend.get("unrelated:old:key").unwrap().as_deref(),
         Some("kept")
     );
-    let removed = h.debug()["writer"]["cleanup_removed"].as_u64().unwrap();
+    let removed = h.debug()["writers"][0]["status"]["cleanup_removed"]
+        .as_u64()
+        .unwrap();
     assert!(removed >= stale.len() as u64, "cleanup_removed {removed}");
 
     // A new version: rebuilt under v2, v1 cleaned up.
@@ -1543,7 +1545,7 @@ fn redis_stopped_and_restarted_under_load_loses_nothing() {
     h.converge(&model);
     let body = h.wait_ready();
     assert_ready_body(&body, "v1");
-    let writer = h.debug()["writer"].clone();
+    let writer = h.debug()["writers"][0]["status"].clone();
     let bootstraps = writer["bootstraps"].as_u64().unwrap();
     assert!(bootstraps >= 1, "the empty Redis was rebuilt: {writer}");
     assert_eq!(h.rejected().len(), 0);
@@ -1577,7 +1579,7 @@ fn redis_stopped_and_restarted_under_load_loses_nothing() {
     assert_eq!(status, 503, "{body}");
     h.converge(&model);
     h.wait_ready();
-    let writer = h.debug()["writer"].clone();
+    let writer = h.debug()["writers"][0]["status"].clone();
     assert_eq!(
         writer["bootstraps"].as_u64(),
         Some(bootstraps),

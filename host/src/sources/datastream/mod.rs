@@ -35,7 +35,7 @@ mod url;
 pub use config::{DatastreamConfig, LoadConfig};
 pub use loader::{LoadError, LoadOutcome, RestLoader, loaded_collections};
 pub use protocol::{ClientMessage, Message, ProtocolError, StreamId, decode, is_newer};
-pub use status::{DatastreamCounters, DatastreamSnapshot, DatastreamStatus};
+pub use status::{DatastreamCounters, DatastreamProbe, DatastreamSnapshot, DatastreamStatus};
 pub use url::{UrlError, api_base, datastream_url};
 
 use std::sync::Arc;

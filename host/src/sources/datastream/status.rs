@@ -1,9 +1,11 @@
 //! What the datastream source is doing, for `/ready`, `/debug` and metrics.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+
+use crate::health::{Metric, SourceProbe};
 
 /// Live state and counters of one datastream source. Cheap to read.
 #[derive(Debug, Default)]
@@ -196,5 +198,66 @@ impl DatastreamStatus {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = Some(error.into());
         }
+    }
+}
+
+/// A datastream source's part of readiness: connected, and the oplog head
+/// its current connection's data reached once committed.
+pub struct DatastreamProbe {
+    name: String,
+    status: Arc<DatastreamStatus>,
+}
+
+impl DatastreamProbe {
+    /// The probe of the source `name`.
+    pub fn new(name: String, status: Arc<DatastreamStatus>) -> DatastreamProbe {
+        DatastreamProbe { name, status }
+    }
+}
+
+impl SourceProbe for DatastreamProbe {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "datastream"
+    }
+
+    fn connected(&self) -> bool {
+        self.status.connected()
+    }
+
+    fn ready_mark(&self) -> Option<i64> {
+        self.status.ready_mark()
+    }
+
+    fn error(&self) -> Option<String> {
+        self.status
+            .unauthorized()
+            .then(|| "the datastream rejected the API key (close code 4001)".to_owned())
+    }
+
+    fn debug(&self) -> serde_json::Value {
+        serde_json::to_value(self.status.snapshot()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let snapshot = self.status.snapshot();
+        let mut metrics = vec![Metric::gauge(
+            "emcachers_datastream_connected",
+            "1 while the datastream is connected.",
+            f64::from(u8::from(snapshot.connected)),
+        )];
+        if let Some(counters) = snapshot.counters.as_object() {
+            metrics.extend(counters.iter().map(|(name, value)| {
+                Metric::counter(
+                    format!("emcachers_datastream_{name}_total"),
+                    "Datastream counter.",
+                    value.as_f64().unwrap_or(0.0),
+                )
+            }));
+        }
+        metrics
     }
 }
