@@ -61,8 +61,7 @@ pub const API_KEY: &str = "SCHEMATIC_API_KEY";
 pub const ENTITIES: [&str; 3] = ["flags", "companies", "users"];
 
 /// The key prefixes the stale-version cleanup scans.
-pub const CLEANUP_PREFIXES: [&str; 3] =
-    ["schematic:flags:", "schematic:company:", "schematic:user:"];
+pub const CLEANUP_PREFIXES: [&str; 3] = crate::schematic::KEY_PREFIXES;
 
 /// The fastest REST rate `ASYNC_LOADER_RATE_LIMIT_RPS` may ask for.
 pub const MAX_RATE_LIMIT_RPS: f64 = 1_000_000.0;
@@ -351,7 +350,7 @@ fn redis_config(
         replay_cursor: Some(ReplayCursorConfig {
             source: source.to_owned(),
             key: get("REPLAY_CURSOR_KEY")
-                .unwrap_or_else(|| "schematic:datastream:replay_cursor".into()),
+                .unwrap_or_else(|| crate::schematic::REPLAY_CURSOR_KEY.into()),
         }),
         ..RedisWriterConfig::default()
     };
@@ -446,7 +445,7 @@ fn redis_config(
     }
     redis.lock = LockConfig {
         enabled: !boolean("WRITER_LOCK_DISABLED")?.unwrap_or(false),
-        key: get("WRITER_LOCK_KEY").unwrap_or_else(|| LockConfig::default().key),
+        key: get("WRITER_LOCK_KEY").unwrap_or_else(|| crate::schematic::WRITER_LOCK_KEY.into()),
         ttl_ms: duration("WRITER_LOCK_TTL")?
             .map(ceil_millis)
             .unwrap_or_else(|| LockConfig::default().ttl_ms),

@@ -2,6 +2,21 @@
 //! Schematic's Go replicator (spec `schematic-datastream.md`).
 //!
 //! - [`readiness`]: Schematic's `/ready` body over the generic readiness.
+//!
+//! The Redis writer's lock and replay-cursor mirror are generic mechanisms
+//! of the Redis writer (fencing a single writer; mirroring a source's
+//! position once the cache applied it); what makes them Schematic's (their
+//! keys, which source, that they are on) is set here and by the profile.
+
+/// The key prefixes of Schematic's Redis layout (spec §5): the entities'
+/// keys, which the stale-version cleanup scans.
+pub const KEY_PREFIXES: [&str; 3] = ["schematic:flags:", "schematic:company:", "schematic:user:"];
+
+/// The Go replicator's writer lock key (`WRITER_LOCK_KEY`'s default).
+pub const WRITER_LOCK_KEY: &str = "schematic:datastream:writer_lock";
+
+/// The Go replicator's replay cursor key (`REPLAY_CURSOR_KEY`'s default).
+pub const REPLAY_CURSOR_KEY: &str = "schematic:datastream:replay_cursor";
 
 pub mod readiness;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use emcachers::breaker::BreakerState;
 use emcachers::cache::Offset;
 use emcachers::cache::redis::{
-    LockState, MemoryConfig, MemoryTarget, RedisWriter, RedisWriterConfig, ReplayCursorConfig,
-    Waiting,
+    LockConfig, LockState, MemoryConfig, MemoryTarget, RedisWriter, RedisWriterConfig,
+    ReplayCursorConfig, Waiting,
 };
 use emcachers::entities::{EntityManager, EntitySpec};
 use emcachers::jobs::JobServer;
@@ -92,9 +92,11 @@ async fn assign_version(s: &Setup, version: &str) {
 fn config(addr: String) -> RedisWriterConfig {
     RedisWriterConfig {
         addr,
-        cleanup_prefixes: RedisWriterConfig::SCHEMATIC_PREFIXES
-            .map(String::from)
-            .into(),
+        cleanup_prefixes: emcachers::schematic::KEY_PREFIXES.map(String::from).into(),
+        lock: LockConfig {
+            key: LOCK.into(),
+            ..LockConfig::default()
+        },
         batch_size: 100,
         timeout_ms: 2000,
         ..RedisWriterConfig::default()

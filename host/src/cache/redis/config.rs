@@ -134,10 +134,6 @@ pub struct ConfigProblem {
 }
 
 impl RedisWriterConfig {
-    /// The key prefixes of the Schematic layout (spec §5), for
-    /// [`RedisWriterConfig::cleanup_prefixes`].
-    pub const SCHEMATIC_PREFIXES: [&'static str; 3] =
-        ["schematic:flags:", "schematic:company:", "schematic:user:"];
     /// Default of `connect_timeout_ms` (go-redis's `DialTimeout`).
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
     /// Default of `read_timeout_ms` (go-redis's `ReadTimeout`).
@@ -306,7 +302,7 @@ impl Default for LockConfig {
     fn default() -> Self {
         LockConfig {
             enabled: true,
-            key: "schematic:datastream:writer_lock".into(),
+            key: "emcachers:redis:writer_lock".into(),
             ttl_ms: 15_000,
         }
     }
@@ -324,8 +320,9 @@ impl LockConfig {
     }
 }
 
-/// Mirror of a source's committed position into a Redis key (Schematic's
-/// `schematic:datastream:replay_cursor`).
+/// Mirror of a source's committed position into a Redis key, written once
+/// the cache applied everything up to it (the Schematic profile mirrors its
+/// datastream's replay cursor, see [`crate::schematic::REPLAY_CURSOR_KEY`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayCursorConfig {
@@ -354,7 +351,7 @@ mod tests {
         assert_eq!(config.addr, "localhost:6379");
         assert_eq!(config.ttl(), Some(Duration::from_secs(60)));
         assert!(config.lock.enabled);
-        assert_eq!(config.lock.key, "schematic:datastream:writer_lock");
+        assert_eq!(config.lock.key, "emcachers:redis:writer_lock");
         assert_eq!(config.lock.renew_every(), Duration::from_secs(1));
         assert_eq!(config.offset_key(), "emcachers:redis:offset");
         assert_eq!(config.seed_addrs(), vec!["localhost:6379".to_owned()]);
