@@ -8,11 +8,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::entities::EntityManager;
+use crate::model::{Change, ChangeOp, RowOp};
 use crate::oplog::{
     AppendBatch, EntityDef, EntityStatus, NewRejected, NewRow, Op, OplogStore, SourcePosition,
     StoreError,
 };
-use crate::plugin::{Change, ChangeOp, ItemError, LoadedPlugin, RowOp};
+use crate::plugin::{ItemError, LoadedPlugin};
 use crate::sources::{LoadControl, Source, SourceBatch, SourceError, jsonl};
 
 /// Why a batch could not be processed.

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::plugin::Change;
+use crate::model::Change;
 
 /// A batch of changes from one source.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -18,7 +18,7 @@ use super::protocol::{REST_COMPANY, REST_USER};
 use super::status::{DatastreamStatus, bump};
 use crate::breaker::CircuitBreaker;
 use crate::cache::redis::config::MAX_DURATION;
-use crate::plugin::{Change, ChangeOp};
+use crate::model::{Change, ChangeOp};
 use crate::sources::SourceBatch;
 
 /// Why a load stopped early.

@@ -53,7 +53,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
 use self::status::bump;
-use crate::plugin::Change;
+use crate::model::Change;
 use crate::sources::{CommitSignal, LoadControl, Source, SourceBatch, SourceError};
 
 /// The close code of a rejected API key.
