@@ -388,14 +388,10 @@ impl Pipeline {
                 .flatten();
         }
 
-        let entity = def.name.clone();
-        let (plugin_call, batch) = (plugin.clone(), changes);
-        let (results, changes) = tokio::task::spawn_blocking(move || {
-            let results = plugin_call.shape(&entity, &batch);
-            (results, batch)
-        })
-        .await
-        .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        let (changes, results) = plugin
+            .shape_async(&def.name, changes)
+            .await
+            .map_err(|e| PipelineError::Worker(e.to_string()))?;
 
         for (change, result) in changes.iter().zip(results) {
             match result {

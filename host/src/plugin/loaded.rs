@@ -395,8 +395,22 @@ impl LoadedPlugin {
 
     /// The cache writes of a batch of upsert rows: one result per row.
     pub fn keys(&self, entity: &str, rows: &[Row]) -> Vec<Result<Vec<CacheWrite>, ItemError>> {
-        let rows = rows_to_wit(rows);
-        let answer = self.call("keys", |p, s| p.call_keys(s, entity, &rows));
+        self.keys_wit(entity, &rows_to_wit(rows))
+    }
+
+    /// [`LoadedPlugin::keys`] on owned rows, which cross the boundary
+    /// without a copy.
+    pub fn keys_owned(
+        &self,
+        entity: &str,
+        rows: Vec<Row>,
+    ) -> Vec<Result<Vec<CacheWrite>, ItemError>> {
+        let rows: Vec<wit::Row> = rows.into_iter().map(wit::Row::from).collect();
+        self.keys_wit(entity, &rows)
+    }
+
+    fn keys_wit(&self, entity: &str, rows: &[wit::Row]) -> Vec<Result<Vec<CacheWrite>, ItemError>> {
+        let answer = self.call("keys", |p, s| p.call_keys(s, entity, rows));
         self.per_item(rows.len(), answer)
     }
 

@@ -7,6 +7,8 @@
 //! - [`PluginRegistry`]: which versions are serving, from which files, for
 //!   which entities; atomic swaps on reload.
 //! - [`PluginWatcher`]: hot reload of the plugin directory.
+//! - `handle`: the async calls (`shape_async`, `keys_async`, `layout_async`,
+//!   `configure_async`, `assign_async`) that do the blocking hop inside.
 //! - [`builtin`]: the plugins embedded in the binary (`shape`, `schematic`).
 //!
 //! Calls take and return the host model ([`crate::model`]); the generated
@@ -17,6 +19,7 @@ pub mod builtin;
 mod convert;
 mod engine;
 mod error;
+mod handle;
 mod loaded;
 mod registry;
 mod watcher;
@@ -29,6 +32,7 @@ pub use bindings::{Binding, CacheWrite, Column, ColumnType, Index, PluginInfo, T
 pub use builtin::{BUILTINS, BuiltinPlugin};
 pub use engine::{PluginEngine, SandboxConfig, WasiGrants, content_hash};
 pub use error::{ItemError, PluginError};
+pub use handle::ShapedBatch;
 pub use loaded::{EntityConfigs, LoadedPlugin, PluginOrigin};
 pub use registry::{FileStatus, LoadOutcome, PluginRegistry, PluginStatus, is_plugin_file};
 pub use watcher::{DEBOUNCE, PluginWatcher, WatchError};
