@@ -7,6 +7,8 @@
 //! plugin error becomes a rejected record and the pipeline goes on; a store
 //! error is retried with backoff, never dropped.
 
+pub mod load;
 mod pipeline;
 
+pub use load::{LoadControl, LoadCoordinator, LoadEnd, SnapshotLoad};
 pub use pipeline::{IngestReport, Pipeline, PipelineError, run_source};

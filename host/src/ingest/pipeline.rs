@@ -7,14 +7,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::load::{LoadControl, LoadCoordinator};
 use crate::entities::EntityManager;
 use crate::model::{Change, ChangeOp, RowOp};
 use crate::oplog::{
-    AppendBatch, EntityDef, EntityStatus, NewRejected, NewRow, Op, OplogStore, SourcePosition,
-    StoreError,
+    AppendBatch, EntityDef, NewRejected, NewRow, Op, OplogStore, SourcePosition, StoreError,
 };
 use crate::plugin::{ItemError, LoadedPlugin};
-use crate::sources::{LoadControl, Source, SourceBatch, SourceError, jsonl};
+use crate::sources::{Source, SourceBatch, SourceError, jsonl};
 
 /// Why a batch could not be processed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,7 @@ impl IngestReport {
 pub struct Pipeline {
     store: Arc<dyn OplogStore>,
     entities: Arc<EntityManager>,
+    loads: LoadCoordinator,
 }
 
 /// Rows and rejections produced for one batch.
@@ -74,7 +75,11 @@ struct Output {
 impl Pipeline {
     /// A pipeline committing to `store`, routing with `entities`.
     pub fn new(store: Arc<dyn OplogStore>, entities: Arc<EntityManager>) -> Self {
-        Pipeline { store, entities }
+        Pipeline {
+            loads: LoadCoordinator::new(store.clone(), entities.clone()),
+            store,
+            entities,
+        }
     }
 
     /// Shape and commit one source batch.
@@ -136,26 +141,21 @@ impl Pipeline {
             position,
         });
         if let Some(LoadControl::Begin { collections }) = &batch.load {
-            self.begin_load(&batch.source, collections).await?;
+            self.loads.begin(&batch.source, collections).await?;
         }
         match &batch.load {
             Some(LoadControl::End {
                 collections,
                 complete,
             }) => {
-                // The position is committed last: a crash before it leaves
-                // no cursor, so the load runs again rather than being lost.
+                // The position is committed last (by the load's end): a
+                // crash before it leaves no cursor, so the load runs again
+                // rather than being lost.
                 let committed = self.commit(groups, None, batch.snapshot).await?;
                 report.add(committed);
-                self.end_load(&batch.source, collections, *complete).await?;
-                if position.is_some() {
-                    self.store
-                        .append(AppendBatch {
-                            position,
-                            ..AppendBatch::default()
-                        })
-                        .await?;
-                }
+                self.loads
+                    .end(&batch.source, collections, *complete, position)
+                    .await?;
             }
             _ => {
                 let committed = self.commit(groups, position, batch.snapshot).await?;
@@ -166,125 +166,6 @@ impl Pipeline {
             signal.fire(self.store.head().await?);
         }
         Ok(report)
-    }
-
-    /// The entities an initial load of `collections` of `source` feeds.
-    fn loaded_entities(&self, source: &str, collections: &[String]) -> Vec<EntityDef> {
-        let mut entities: Vec<EntityDef> = Vec::new();
-        for collection in collections {
-            for def in self.entities.routes(source, collection) {
-                if !entities.iter().any(|e| e.name == def.name) {
-                    entities.push(def);
-                }
-            }
-        }
-        entities
-    }
-
-    /// Start a load: remember the oplog head (unless a load of the entity
-    /// is already under way, whose start stays) and stage stream rows.
-    async fn begin_load(&self, source: &str, collections: &[String]) -> Result<(), PipelineError> {
-        let head = self.store.head().await?;
-        for def in self.loaded_entities(source, collections) {
-            let key = load_start_key(&def.name);
-            let running = def.status.stages_stream_rows()
-                && self
-                    .store
-                    .meta_get(&key)
-                    .await?
-                    .is_some_and(|v| !v.is_null());
-            if !running {
-                self.store
-                    .meta_set(&key, &serde_json::json!({ "head": head }))
-                    .await?;
-            }
-            if let Err(error) = self
-                .entities
-                .set_status(&def.name, EntityStatus::Scanning)
-                .await
-            {
-                tracing::warn!(entity = %def.name, %error, "cannot mark entity as loading");
-            }
-            tracing::info!(entity = %def.name, source, start_head = head, "initial load started");
-        }
-        Ok(())
-    }
-
-    /// End a load: evict what a complete load did not write, move the staged
-    /// rows into the log and mark the entities ready.
-    async fn end_load(
-        &self,
-        source: &str,
-        collections: &[String],
-        complete: bool,
-    ) -> Result<(), PipelineError> {
-        for def in self.loaded_entities(source, collections) {
-            let key = load_start_key(&def.name);
-            let start = self
-                .store
-                .meta_get(&key)
-                .await?
-                .and_then(|v| v.get("head").and_then(serde_json::Value::as_i64));
-            let mut evicted = 0;
-            if let (true, Some(start)) = (complete, start) {
-                evicted = self.evict_unloaded(&def, start).await?;
-            }
-            let moved = self.store.finish_load(&def.name).await?;
-            self.store.meta_delete(&key).await?;
-            if let Err(error) = self
-                .entities
-                .set_status(&def.name, EntityStatus::Ready)
-                .await
-            {
-                tracing::warn!(entity = %def.name, %error, "cannot mark entity as ready");
-            }
-            tracing::info!(entity = %def.name, source, complete, evicted, staged_moved = moved, "initial load finished");
-        }
-        Ok(())
-    }
-
-    /// Delete the live rows of `def` last written at or before `start`: the
-    /// rows a complete load did not see.
-    async fn evict_unloaded(&self, def: &EntityDef, start: i64) -> Result<usize, PipelineError> {
-        let (plugin, version) = match self.entities.registry().for_entity(&def.name) {
-            Some(plugin) => (plugin.name().to_owned(), plugin.version().to_owned()),
-            None => (def.plugin.clone(), String::new()),
-        };
-        let mut after: Option<String> = None;
-        let mut evicted = 0;
-        loop {
-            let page = self
-                .store
-                .latest_page(&def.name, after.as_deref(), 5000)
-                .await?;
-            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
-                break;
-            };
-            let rows: Vec<NewRow> = page
-                .into_iter()
-                .filter(|row| row.oplog_id <= start && row.op == Op::Upsert)
-                .map(|row| NewRow {
-                    entity: def.name.clone(),
-                    doc_id: row.doc_id,
-                    op: Op::Delete,
-                    data: None,
-                    plugin: plugin.clone(),
-                    plugin_version: version.clone(),
-                })
-                .collect();
-            evicted += rows.len();
-            if !rows.is_empty() {
-                self.store
-                    .append(AppendBatch {
-                        rows,
-                        snapshot: true,
-                        ..AppendBatch::default()
-                    })
-                    .await?;
-            }
-            after = Some(last);
-        }
-        Ok(evicted)
     }
 
     /// Shape the routed groups and append them with `position`.
@@ -580,11 +461,6 @@ impl Pipeline {
         let failed = report.rejected + unparseable;
         Ok((dead.len() + records.len() - failed, failed))
     }
-}
-
-/// The metadata key holding the oplog head at the start of `entity`'s load.
-fn load_start_key(entity: &str) -> String {
-    crate::oplog::entity_meta_key(crate::oplog::LOAD_META_PREFIX, entity)
 }
 
 fn rejection(
