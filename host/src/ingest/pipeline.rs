@@ -2,19 +2,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::load::{LoadControl, LoadCoordinator};
+use super::rejected::{self, rejection};
+use super::retry;
 use crate::entities::EntityManager;
 use crate::model::{Change, ChangeOp, RowOp};
 use crate::oplog::{
     AppendBatch, EntityDef, NewRejected, NewRow, Op, OplogStore, SourcePosition, StoreError,
 };
 use crate::plugin::{ItemError, LoadedPlugin};
-use crate::sources::{Source, SourceBatch, SourceError, jsonl};
+use crate::sources::{Source, SourceBatch, SourceError};
 
 /// Why a batch could not be processed.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +170,7 @@ impl Pipeline {
     }
 
     /// Shape the routed groups and append them with `position`.
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         groups: Vec<(EntityDef, Vec<Change>)>,
         position: Option<SourcePosition>,
@@ -372,8 +373,8 @@ impl Pipeline {
     }
 
     /// Consume batches from `rx` until it closes or `cancel` fires. A batch
-    /// whose commit fails is retried (with backoff) until it succeeds: the
-    /// source waits meanwhile, nothing is dropped.
+    /// whose commit fails is retried (with backoff, [`super::retry`]) until
+    /// it succeeds: the source waits meanwhile, nothing is dropped.
     pub async fn run(
         &self,
         mut rx: mpsc::Receiver<SourceBatch>,
@@ -385,100 +386,29 @@ impl Pipeline {
                 _ = cancel.cancelled() => return total,
                 batch = rx.recv() => match batch { Some(batch) => batch, None => return total },
             };
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.process(batch.clone()).await {
-                    Ok(report) => {
-                        total.add(report);
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(source = %batch.source, %error, retry_in_ms = backoff.as_millis() as u64, "batch not committed; retrying");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return total,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
+            let committed =
+                retry::until_committed(&batch.source, &cancel, || self.process(batch.clone()))
+                    .await;
+            match committed {
+                Some(report) => total.add(report),
+                None => return total,
             }
         }
     }
 
     /// Re-run up to `limit` rejected records through their entities' current
-    /// plugins. Records that now shape are committed and removed; those that
-    /// fail again are stored anew with their new error. Rows a cache writer
-    /// dead-lettered are appended to the log again
-    /// ([`dead_letter::replay`](crate::cache::dead_letter::replay)), so every
-    /// writer applies them anew. Returns (replayed, failed again).
+    /// plugins (`ingest::rejected`). Records that now shape are committed
+    /// and removed; those that fail again are stored anew with their new
+    /// error. Rows a cache writer dead-lettered are appended to the log
+    /// again ([`dead_letter::replay`](crate::cache::dead_letter::replay)), so
+    /// every writer applies them anew. Returns (replayed, failed again).
     pub async fn replay_rejected(&self, limit: usize) -> Result<(usize, usize), PipelineError> {
-        let (dead, records): (Vec<_>, Vec<_>) = self
-            .store
-            .rejected(0, limit)
-            .await?
-            .into_iter()
-            .partition(|r| crate::cache::dead_letter::writer_of(r).is_some());
-        for record in &dead {
-            crate::cache::dead_letter::replay(self.store.as_ref(), record).await?;
-        }
-        if records.is_empty() {
-            return Ok((dead.len(), 0));
-        }
-        let mut order: Vec<EntityDef> = Vec::new();
-        let mut grouped: HashMap<String, Vec<Change>> = HashMap::new();
-        let mut ids = Vec::with_capacity(records.len());
-        let mut unparseable = 0;
-        for record in &records {
-            ids.push(record.id);
-            let Some(def) = self.store.entity(&record.entity).await? else {
-                continue;
-            };
-            match jsonl::parse_line(&record.change, 0) {
-                Ok(change) => {
-                    grouped
-                        .entry(def.name.clone())
-                        .or_insert_with(|| {
-                            order.push(def.clone());
-                            Vec::new()
-                        })
-                        .push(change);
-                }
-                Err(error) => {
-                    unparseable += 1;
-                    tracing::warn!(id = record.id, %error, "rejected record cannot be replayed");
-                }
-            }
-        }
-        let groups = order
-            .into_iter()
-            .map(|def| {
-                let changes = grouped.remove(&def.name).unwrap_or_default();
-                (def, changes)
-            })
-            .collect();
-        let report = self.commit(groups, None, false).await?;
-        self.store.remove_rejected(&ids).await?;
-        let failed = report.rejected + unparseable;
-        Ok((dead.len() + records.len() - failed, failed))
+        rejected::replay(self, limit).await
     }
-}
 
-fn rejection(
-    def: &EntityDef,
-    change: &Change,
-    plugin: &str,
-    version: &str,
-    error: &str,
-) -> NewRejected {
-    NewRejected {
-        source: change.source.clone(),
-        collection: change.collection.clone(),
-        entity: def.name.clone(),
-        doc_id: change.id.clone(),
-        change: jsonl::to_line(change),
-        plugin: plugin.to_owned(),
-        plugin_version: version.to_owned(),
-        error: error.to_owned(),
+    /// The store the pipeline commits to.
+    pub(super) fn store(&self) -> &Arc<dyn OplogStore> {
+        &self.store
     }
 }
 
