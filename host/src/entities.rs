@@ -408,11 +408,9 @@ impl EntityManager {
         plugin: &str,
         config: &serde_json::Value,
     ) -> Result<(), EntityError> {
-        let registry = self.registry.clone();
-        let (entity, plugin, config) = (entity.to_owned(), plugin.to_owned(), config.to_string());
-        tokio::task::spawn_blocking(move || registry.assign(&entity, &plugin, &config))
-            .await
-            .map_err(|e| EntityError::Worker(e.to_string()))??;
+        self.registry
+            .assign_async(entity, plugin, &config.to_string())
+            .await?;
         Ok(())
     }
 
@@ -422,15 +420,8 @@ impl EntityManager {
         let Some(plugin) = self.registry.for_entity(&def.name) else {
             return Ok(None);
         };
-        let name = def.name.clone();
-        let layout = tokio::task::spawn_blocking(move || -> Result<EntityLayout, PluginError> {
-            Ok(EntityLayout::from_plugin(
-                plugin.entity_version(&name)?,
-                plugin.table(&name)?,
-            ))
-        })
-        .await
-        .map_err(|e| EntityError::Worker(e.to_string()))??;
+        let (version, table) = plugin.layout_async(&def.name).await?;
+        let layout = EntityLayout::from_plugin(version, table);
         Ok(Some(layout.with_generation(def.created_at)))
     }
 

@@ -4,6 +4,7 @@
 //! - [`api`] — the REST API (axum).
 //! - [`breaker`] — a circuit breaker for calls to external services.
 //! - [`plugin`] — the WebAssembly plugin runtime and registry.
+//! - [`model`] — the host model of changes and rows (no wasm types).
 //! - [`sources`] — where changes come from.
 //! - [`ingest`] — the pipeline from source batches through plugins into the oplog.
 //! - [`oplog`] — the oplog store (embedded SQLite or PostgreSQL).
@@ -24,6 +25,7 @@ pub mod entities;
 pub mod health;
 pub mod ingest;
 pub mod jobs;
+pub mod model;
 pub mod node;
 pub mod oplog;
 pub mod plugin;

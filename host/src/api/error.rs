@@ -59,6 +59,7 @@ impl From<EntityError> for ApiError {
             EntityError::Plugin(PluginError::ConfigRejected { .. }) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            EntityError::Plugin(PluginError::Worker(_)) => StatusCode::SERVICE_UNAVAILABLE,
             EntityError::Plugin(_) => StatusCode::BAD_GATEWAY,
             EntityError::Store(_) | EntityError::Cache(_) | EntityError::Worker(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

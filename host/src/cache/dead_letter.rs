@@ -127,6 +127,19 @@ pub fn bisect<I, T, E>(
     }
     *calls += 1;
     let results = call(items);
+    bisect_after(items, results, call, batch_failed, calls)
+}
+
+/// [`bisect`] when the first call over all of `items` was made already and
+/// answered `results` (e.g. a call that took the items by value, without a
+/// copy): only a whole failure calls again, on halves.
+pub fn bisect_after<I, T, E>(
+    items: &[I],
+    results: Vec<Result<T, E>>,
+    call: &mut impl FnMut(&[I]) -> Vec<Result<T, E>>,
+    batch_failed: &impl Fn(&E) -> bool,
+    calls: &mut usize,
+) -> Vec<Result<T, E>> {
     let whole_failed = results.len() == items.len()
         && results
             .iter()

@@ -14,7 +14,7 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::layout::{ColumnKind, EntityLayout, TableSpec};
-use crate::oplog::{LatestRow, Op, OplogEntry};
+use crate::oplog::{CacheMetaKey, LatestRow, Op, OplogEntry};
 
 /// Why a cache database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -398,7 +398,10 @@ impl EntityDb {
             .optional()
             .map_err(&err)
         };
-        let (Some(layout), Some(applied)) = (get("layout")?, get("applied_oplog_id")?) else {
+        let (Some(layout), Some(applied)) = (
+            get(CacheMetaKey::Layout.as_str())?,
+            get(CacheMetaKey::AppliedOplogId.as_str())?,
+        ) else {
             return Ok(None);
         };
         let Ok(layout) = serde_json::from_str::<EntityLayout>(&layout) else {
@@ -407,7 +410,7 @@ impl EntityDb {
         let applied_id = applied.parse().unwrap_or(0);
         // Databases made before offsets named their oplog have none: they
         // match no oplog and are rebuilt once.
-        let oplog = get("oplog_identity")?.unwrap_or_default();
+        let oplog = get(CacheMetaKey::OplogIdentity.as_str())?.unwrap_or_default();
         Ok(Some(Self::with_layout(
             conn, path, entity, layout, applied_id, oplog,
         )))
@@ -462,26 +465,16 @@ impl EntityDb {
             .map_err(&err)?;
         }
         let layout_text = serde_json::to_string(layout).unwrap_or_default();
-        tx.execute(
-            &format!("INSERT INTO {META_TABLE} (key, value) VALUES ('layout', ?1)"),
-            params![layout_text],
-        )
-        .map_err(&err)?;
-        tx.execute(
-            &format!("INSERT INTO {META_TABLE} (key, value) VALUES ('layout_version', ?1)"),
-            params![layout.version],
-        )
-        .map_err(&err)?;
-        tx.execute(
-            &format!("INSERT INTO {META_TABLE} (key, value) VALUES ('applied_oplog_id', ?1)"),
-            params![applied_id.to_string()],
-        )
-        .map_err(&err)?;
-        tx.execute(
-            &format!("INSERT INTO {META_TABLE} (key, value) VALUES ('oplog_identity', ?1)"),
-            params![oplog],
-        )
-        .map_err(&err)?;
+        let insert = format!("INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2)");
+        for (key, value) in [
+            (CacheMetaKey::Layout, layout_text),
+            (CacheMetaKey::LayoutVersion, layout.version.clone()),
+            (CacheMetaKey::AppliedOplogId, applied_id.to_string()),
+            (CacheMetaKey::OplogIdentity, oplog.to_owned()),
+        ] {
+            tx.execute(&insert, params![key.as_str(), value])
+                .map_err(&err)?;
+        }
         tx.commit().map_err(&err)?;
         Ok(Self::with_layout(
             conn,
@@ -625,10 +618,13 @@ impl EntityDb {
                 }
             }
             tx.prepare_cached(&format!(
-                "UPDATE {META_TABLE} SET value = ?1 WHERE key = 'applied_oplog_id'"
+                "UPDATE {META_TABLE} SET value = ?1 WHERE key = ?2"
             ))
             .map_err(&err)?
-            .execute(params![last.to_string()])
+            .execute(params![
+                last.to_string(),
+                CacheMetaKey::AppliedOplogId.as_str()
+            ])
             .map_err(&err)?;
         }
         tx.commit().map_err(&err)?;

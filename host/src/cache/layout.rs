@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::oplog::{LAYOUT_META_PREFIX, OplogStore, StoreError, entity_meta_key};
+use crate::oplog::{MetaKey, OplogStore, StoreError};
 use crate::plugin;
 
 /// A column type of a tabular cache.
@@ -161,7 +161,7 @@ impl EntityLayout {
 
     /// The metadata key `entity`'s layout is published under (`layout:{entity}`).
     pub fn key(entity: &str) -> String {
-        entity_meta_key(LAYOUT_META_PREFIX, entity)
+        MetaKey::Layout(entity).key()
     }
 
     /// The layout published for `entity`, if any. A JSON `null` counts as

@@ -34,7 +34,7 @@ use super::offset::{BootstrapReason, Offset, Resume, resume};
 use super::tailer::{
     CacheWriter, LatestPages, StepContext, StepReport, Tailer, TailerConfig, WriterError,
 };
-use crate::oplog::{LatestRow, OplogEntry, OplogStore, StoreError};
+use crate::oplog::{LatestRow, OplogEntry, OplogStore, REPLICATOR_OFFSET_KEY, StoreError};
 
 /// Why replication stopped or a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,8 +181,8 @@ impl LocalMeta {
         let value: Option<String> = self
             .conn
             .query_row(
-                "SELECT value FROM metadata WHERE key = 'oplog_offset'",
-                [],
+                "SELECT value FROM metadata WHERE key = ?1",
+                [REPLICATOR_OFFSET_KEY],
                 |r| r.get(0),
             )
             .optional()
@@ -196,9 +196,9 @@ impl LocalMeta {
     fn save_offset(&self, offset: &Offset) -> Result<(), ReplicatorError> {
         self.conn
             .execute(
-                "INSERT INTO metadata (key, value) VALUES ('oplog_offset', ?1)
+                "INSERT INTO metadata (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![offset.encode()],
+                params![REPLICATOR_OFFSET_KEY, offset.encode()],
             )
             .map_err(|source| ReplicatorError::Meta {
                 path: self.path.clone(),

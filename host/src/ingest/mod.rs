@@ -6,7 +6,17 @@
 //! the rejected changes and the source position in one append. A per-item
 //! plugin error becomes a rejected record and the pipeline goes on; a store
 //! error is retried with backoff, never dropped.
+//!
+//! - `pipeline`: [`Pipeline`], routing, shaping and the commit of a batch.
+//! - [`load`]: the initial-load protocol ([`SnapshotLoad`] for sources,
+//!   [`LoadCoordinator`] for the pipeline).
+//! - [`retry`]: the backoff of a batch whose commit failed.
+//! - `rejected`: rejected records and their replay.
 
+pub mod load;
 mod pipeline;
+mod rejected;
+pub mod retry;
 
+pub use load::{LoadControl, LoadCoordinator, LoadEnd, SnapshotLoad};
 pub use pipeline::{IngestReport, Pipeline, PipelineError, run_source};

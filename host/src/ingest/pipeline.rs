@@ -2,18 +2,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::load::{LoadControl, LoadCoordinator};
+use super::rejected::{self, rejection};
+use super::retry;
 use crate::entities::EntityManager;
+use crate::model::{Change, ChangeOp, RowOp};
 use crate::oplog::{
-    AppendBatch, EntityDef, EntityStatus, NewRejected, NewRow, Op, OplogStore, SourcePosition,
-    StoreError,
+    AppendBatch, EntityDef, NewRejected, NewRow, Op, OplogStore, SourcePosition, StoreError,
 };
-use crate::plugin::{Change, ChangeOp, ItemError, LoadedPlugin, RowOp};
-use crate::sources::{LoadControl, Source, SourceBatch, SourceError, jsonl};
+use crate::plugin::{ItemError, LoadedPlugin};
+use crate::sources::{Source, SourceBatch, SourceError};
 
 /// Why a batch could not be processed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,7 @@ impl IngestReport {
 pub struct Pipeline {
     store: Arc<dyn OplogStore>,
     entities: Arc<EntityManager>,
+    loads: LoadCoordinator,
 }
 
 /// Rows and rejections produced for one batch.
@@ -73,7 +76,11 @@ struct Output {
 impl Pipeline {
     /// A pipeline committing to `store`, routing with `entities`.
     pub fn new(store: Arc<dyn OplogStore>, entities: Arc<EntityManager>) -> Self {
-        Pipeline { store, entities }
+        Pipeline {
+            loads: LoadCoordinator::new(store.clone(), entities.clone()),
+            store,
+            entities,
+        }
     }
 
     /// Shape and commit one source batch.
@@ -135,26 +142,21 @@ impl Pipeline {
             position,
         });
         if let Some(LoadControl::Begin { collections }) = &batch.load {
-            self.begin_load(&batch.source, collections).await?;
+            self.loads.begin(&batch.source, collections).await?;
         }
         match &batch.load {
             Some(LoadControl::End {
                 collections,
                 complete,
             }) => {
-                // The position is committed last: a crash before it leaves
-                // no cursor, so the load runs again rather than being lost.
+                // The position is committed last (by the load's end): a
+                // crash before it leaves no cursor, so the load runs again
+                // rather than being lost.
                 let committed = self.commit(groups, None, batch.snapshot).await?;
                 report.add(committed);
-                self.end_load(&batch.source, collections, *complete).await?;
-                if position.is_some() {
-                    self.store
-                        .append(AppendBatch {
-                            position,
-                            ..AppendBatch::default()
-                        })
-                        .await?;
-                }
+                self.loads
+                    .end(&batch.source, collections, *complete, position)
+                    .await?;
             }
             _ => {
                 let committed = self.commit(groups, position, batch.snapshot).await?;
@@ -167,127 +169,8 @@ impl Pipeline {
         Ok(report)
     }
 
-    /// The entities an initial load of `collections` of `source` feeds.
-    fn loaded_entities(&self, source: &str, collections: &[String]) -> Vec<EntityDef> {
-        let mut entities: Vec<EntityDef> = Vec::new();
-        for collection in collections {
-            for def in self.entities.routes(source, collection) {
-                if !entities.iter().any(|e| e.name == def.name) {
-                    entities.push(def);
-                }
-            }
-        }
-        entities
-    }
-
-    /// Start a load: remember the oplog head (unless a load of the entity
-    /// is already under way, whose start stays) and stage stream rows.
-    async fn begin_load(&self, source: &str, collections: &[String]) -> Result<(), PipelineError> {
-        let head = self.store.head().await?;
-        for def in self.loaded_entities(source, collections) {
-            let key = load_start_key(&def.name);
-            let running = def.status.stages_stream_rows()
-                && self
-                    .store
-                    .meta_get(&key)
-                    .await?
-                    .is_some_and(|v| !v.is_null());
-            if !running {
-                self.store
-                    .meta_set(&key, &serde_json::json!({ "head": head }))
-                    .await?;
-            }
-            if let Err(error) = self
-                .entities
-                .set_status(&def.name, EntityStatus::Scanning)
-                .await
-            {
-                tracing::warn!(entity = %def.name, %error, "cannot mark entity as loading");
-            }
-            tracing::info!(entity = %def.name, source, start_head = head, "initial load started");
-        }
-        Ok(())
-    }
-
-    /// End a load: evict what a complete load did not write, move the staged
-    /// rows into the log and mark the entities ready.
-    async fn end_load(
-        &self,
-        source: &str,
-        collections: &[String],
-        complete: bool,
-    ) -> Result<(), PipelineError> {
-        for def in self.loaded_entities(source, collections) {
-            let key = load_start_key(&def.name);
-            let start = self
-                .store
-                .meta_get(&key)
-                .await?
-                .and_then(|v| v.get("head").and_then(serde_json::Value::as_i64));
-            let mut evicted = 0;
-            if let (true, Some(start)) = (complete, start) {
-                evicted = self.evict_unloaded(&def, start).await?;
-            }
-            let moved = self.store.finish_load(&def.name).await?;
-            self.store.meta_delete(&key).await?;
-            if let Err(error) = self
-                .entities
-                .set_status(&def.name, EntityStatus::Ready)
-                .await
-            {
-                tracing::warn!(entity = %def.name, %error, "cannot mark entity as ready");
-            }
-            tracing::info!(entity = %def.name, source, complete, evicted, staged_moved = moved, "initial load finished");
-        }
-        Ok(())
-    }
-
-    /// Delete the live rows of `def` last written at or before `start`: the
-    /// rows a complete load did not see.
-    async fn evict_unloaded(&self, def: &EntityDef, start: i64) -> Result<usize, PipelineError> {
-        let (plugin, version) = match self.entities.registry().for_entity(&def.name) {
-            Some(plugin) => (plugin.name().to_owned(), plugin.version().to_owned()),
-            None => (def.plugin.clone(), String::new()),
-        };
-        let mut after: Option<String> = None;
-        let mut evicted = 0;
-        loop {
-            let page = self
-                .store
-                .latest_page(&def.name, after.as_deref(), 5000)
-                .await?;
-            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
-                break;
-            };
-            let rows: Vec<NewRow> = page
-                .into_iter()
-                .filter(|row| row.oplog_id <= start && row.op == Op::Upsert)
-                .map(|row| NewRow {
-                    entity: def.name.clone(),
-                    doc_id: row.doc_id,
-                    op: Op::Delete,
-                    data: None,
-                    plugin: plugin.clone(),
-                    plugin_version: version.clone(),
-                })
-                .collect();
-            evicted += rows.len();
-            if !rows.is_empty() {
-                self.store
-                    .append(AppendBatch {
-                        rows,
-                        snapshot: true,
-                        ..AppendBatch::default()
-                    })
-                    .await?;
-            }
-            after = Some(last);
-        }
-        Ok(evicted)
-    }
-
     /// Shape the routed groups and append them with `position`.
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         groups: Vec<(EntityDef, Vec<Change>)>,
         position: Option<SourcePosition>,
@@ -387,14 +270,10 @@ impl Pipeline {
                 .flatten();
         }
 
-        let entity = def.name.clone();
-        let (plugin_call, batch) = (plugin.clone(), changes);
-        let (results, changes) = tokio::task::spawn_blocking(move || {
-            let results = plugin_call.shape(&entity, &batch);
-            (results, batch)
-        })
-        .await
-        .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        let (changes, results) = plugin
+            .shape_async(&def.name, changes)
+            .await
+            .map_err(|e| PipelineError::Worker(e.to_string()))?;
 
         for (change, result) in changes.iter().zip(results) {
             match result {
@@ -494,8 +373,8 @@ impl Pipeline {
     }
 
     /// Consume batches from `rx` until it closes or `cancel` fires. A batch
-    /// whose commit fails is retried (with backoff) until it succeeds: the
-    /// source waits meanwhile, nothing is dropped.
+    /// whose commit fails is retried (with backoff, [`super::retry`]) until
+    /// it succeeds: the source waits meanwhile, nothing is dropped.
     pub async fn run(
         &self,
         mut rx: mpsc::Receiver<SourceBatch>,
@@ -507,105 +386,29 @@ impl Pipeline {
                 _ = cancel.cancelled() => return total,
                 batch = rx.recv() => match batch { Some(batch) => batch, None => return total },
             };
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.process(batch.clone()).await {
-                    Ok(report) => {
-                        total.add(report);
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(source = %batch.source, %error, retry_in_ms = backoff.as_millis() as u64, "batch not committed; retrying");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return total,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
+            let committed =
+                retry::until_committed(&batch.source, &cancel, || self.process(batch.clone()))
+                    .await;
+            match committed {
+                Some(report) => total.add(report),
+                None => return total,
             }
         }
     }
 
     /// Re-run up to `limit` rejected records through their entities' current
-    /// plugins. Records that now shape are committed and removed; those that
-    /// fail again are stored anew with their new error. Rows a cache writer
-    /// dead-lettered are appended to the log again
-    /// ([`dead_letter::replay`](crate::cache::dead_letter::replay)), so every
-    /// writer applies them anew. Returns (replayed, failed again).
+    /// plugins (`ingest::rejected`). Records that now shape are committed
+    /// and removed; those that fail again are stored anew with their new
+    /// error. Rows a cache writer dead-lettered are appended to the log
+    /// again ([`dead_letter::replay`](crate::cache::dead_letter::replay)), so
+    /// every writer applies them anew. Returns (replayed, failed again).
     pub async fn replay_rejected(&self, limit: usize) -> Result<(usize, usize), PipelineError> {
-        let (dead, records): (Vec<_>, Vec<_>) = self
-            .store
-            .rejected(0, limit)
-            .await?
-            .into_iter()
-            .partition(|r| crate::cache::dead_letter::writer_of(r).is_some());
-        for record in &dead {
-            crate::cache::dead_letter::replay(self.store.as_ref(), record).await?;
-        }
-        if records.is_empty() {
-            return Ok((dead.len(), 0));
-        }
-        let mut order: Vec<EntityDef> = Vec::new();
-        let mut grouped: HashMap<String, Vec<Change>> = HashMap::new();
-        let mut ids = Vec::with_capacity(records.len());
-        let mut unparseable = 0;
-        for record in &records {
-            ids.push(record.id);
-            let Some(def) = self.store.entity(&record.entity).await? else {
-                continue;
-            };
-            match jsonl::parse_line(&record.change, 0) {
-                Ok(change) => {
-                    grouped
-                        .entry(def.name.clone())
-                        .or_insert_with(|| {
-                            order.push(def.clone());
-                            Vec::new()
-                        })
-                        .push(change);
-                }
-                Err(error) => {
-                    unparseable += 1;
-                    tracing::warn!(id = record.id, %error, "rejected record cannot be replayed");
-                }
-            }
-        }
-        let groups = order
-            .into_iter()
-            .map(|def| {
-                let changes = grouped.remove(&def.name).unwrap_or_default();
-                (def, changes)
-            })
-            .collect();
-        let report = self.commit(groups, None, false).await?;
-        self.store.remove_rejected(&ids).await?;
-        let failed = report.rejected + unparseable;
-        Ok((dead.len() + records.len() - failed, failed))
+        rejected::replay(self, limit).await
     }
-}
 
-/// The metadata key holding the oplog head at the start of `entity`'s load.
-fn load_start_key(entity: &str) -> String {
-    crate::oplog::entity_meta_key(crate::oplog::LOAD_META_PREFIX, entity)
-}
-
-fn rejection(
-    def: &EntityDef,
-    change: &Change,
-    plugin: &str,
-    version: &str,
-    error: &str,
-) -> NewRejected {
-    NewRejected {
-        source: change.source.clone(),
-        collection: change.collection.clone(),
-        entity: def.name.clone(),
-        doc_id: change.id.clone(),
-        change: jsonl::to_line(change),
-        plugin: plugin.to_owned(),
-        plugin_version: version.to_owned(),
-        error: error.to_owned(),
+    /// The store the pipeline commits to.
+    pub(super) fn store(&self) -> &Arc<dyn OplogStore> {
+        &self.store
     }
 }
 

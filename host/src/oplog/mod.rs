@@ -1,6 +1,6 @@
 //! The oplog store: a durable, ordered log of entity rows, with the latest
 //! row per (entity, id), source positions, entity definitions, staging,
-//! rejected records and metadata.
+//! rejected records and metadata (keys typed in [`meta`]).
 //!
 //! One trait, [`OplogStore`], two implementations with the same semantics:
 //! [`SqliteStore`] (embedded, the default) and [`PostgresStore`] (production;
@@ -16,12 +16,17 @@
 //!   and equals a replay of the log;
 //! - staged rows move into the log exactly once ([`OplogStore::finish_load`]).
 
+pub mod meta;
 mod model;
 mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 
+pub use meta::{
+    CacheMetaKey, IDENTITY_KEY, LAYOUT_META_PREFIX, LOAD_META_PREFIX, MetaKey,
+    REPLICATOR_OFFSET_KEY, entity_meta_key, entity_meta_keys,
+};
 pub use model::{
     AppendBatch, AppendReceipt, EntityDef, EntityStatus, LatestRow, NewRejected, NewRow, Op,
     OplogEntry, RejectedRecord, SourcePosition, now_millis,
@@ -89,9 +94,6 @@ impl CommitWatch {
         self.sender.subscribe()
     }
 }
-
-/// The metadata key holding the store's identity (a JSON string).
-pub const IDENTITY_KEY: &str = "oplog_identity";
 
 /// A fresh identity: 128 random bits in hex.
 pub fn new_identity() -> String {
@@ -191,26 +193,6 @@ pub trait OplogStore: Send + Sync + 'static {
 
     /// Remove a metadata value; false when there was none.
     async fn meta_delete(&self, key: &str) -> Result<bool, StoreError>;
-}
-
-/// Metadata key prefix of an entity's published cache layout (`layout:{entity}`).
-pub const LAYOUT_META_PREFIX: &str = "layout:";
-
-/// Metadata key prefix of an entity's running initial load (`load:{entity}`).
-pub const LOAD_META_PREFIX: &str = "load:";
-
-/// The metadata key of `entity` under `prefix` (one of the `*_META_PREFIX`es).
-pub fn entity_meta_key(prefix: &str, entity: &str) -> String {
-    format!("{prefix}{entity}")
-}
-
-/// Every metadata key that belongs to `entity`: they are removed with it
-/// ([`OplogStore::delete_entity`]), so a re-created entity starts clean.
-pub fn entity_meta_keys(entity: &str) -> [String; 2] {
-    [
-        entity_meta_key(LAYOUT_META_PREFIX, entity),
-        entity_meta_key(LOAD_META_PREFIX, entity),
-    ]
 }
 
 /// Keep the last row per (entity, doc_id), in first-seen order of the keys:

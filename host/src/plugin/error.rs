@@ -64,6 +64,10 @@ pub enum PluginError {
     /// No loaded plugin has this name.
     #[error("no plugin named {0} is loaded")]
     NotLoaded(String),
+    /// The blocking thread running a plugin call for async code failed
+    /// (it panicked or the runtime is shutting down).
+    #[error("plugin call worker failed: {0}")]
+    Worker(String),
     /// Writing or reading the compiled-artefact cache failed.
     #[error("plugin compile cache {path}: {source}")]
     Cache {

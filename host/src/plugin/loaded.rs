@@ -34,10 +34,12 @@ use std::time::SystemTime;
 use wasmtime::Store;
 
 use super::bindings::{
-    CacheWrite, Change, EntityPlugin, EntityPluginPre, PluginInfo, Row, Shaped, TableLayout,
+    self as wit, CacheWrite, EntityPlugin, EntityPluginPre, PluginInfo, TableLayout,
 };
+use super::convert::{changes_to_wit, rows_to_wit};
 use super::engine::{Compiled, GuestState, PluginEngine};
 use super::error::{ItemError, PluginError};
+use crate::model::{Change, Row, Shaped};
 
 /// The entity configurations of one plugin name, shared by every version of
 /// it, so that a reloaded version is configured exactly like the old one.
@@ -363,13 +365,52 @@ impl LoadedPlugin {
 
     /// Shape a batch of changes for `entity`: one result per change, in
     /// order. When the batch as a whole fails, every item carries the error.
+    ///
+    /// The changes are copied across the boundary; [`LoadedPlugin::shape_owned`]
+    /// moves them instead (and [`LoadedPlugin::shape_async`] runs that off the
+    /// async runtime).
     pub fn shape(&self, entity: &str, changes: &[Change]) -> Vec<Result<Shaped, ItemError>> {
+        self.shape_wit(entity, &changes_to_wit(changes))
+    }
+
+    /// [`LoadedPlugin::shape`] on owned changes, which cross the boundary
+    /// without a copy and come back with the results (for rejected records).
+    pub fn shape_owned(
+        &self,
+        entity: &str,
+        changes: Vec<Change>,
+    ) -> (Vec<Change>, Vec<Result<Shaped, ItemError>>) {
+        let changes: Vec<wit::Change> = changes.into_iter().map(wit::Change::from).collect();
+        let results = self.shape_wit(entity, &changes);
+        (changes.into_iter().map(Change::from).collect(), results)
+    }
+
+    fn shape_wit(&self, entity: &str, changes: &[wit::Change]) -> Vec<Result<Shaped, ItemError>> {
         let answer = self.call("shape", |p, s| p.call_shape(s, entity, changes));
         self.per_item(changes.len(), answer)
+            .into_iter()
+            .map(|item| item.map(Shaped::from))
+            .collect()
     }
 
     /// The cache writes of a batch of upsert rows: one result per row.
     pub fn keys(&self, entity: &str, rows: &[Row]) -> Vec<Result<Vec<CacheWrite>, ItemError>> {
+        self.keys_wit(entity, &rows_to_wit(rows))
+    }
+
+    /// [`LoadedPlugin::keys`] on owned rows, which cross the boundary
+    /// without a copy and come back with the results (to retry a part).
+    pub fn keys_owned(
+        &self,
+        entity: &str,
+        rows: Vec<Row>,
+    ) -> (Vec<Row>, Vec<Result<Vec<CacheWrite>, ItemError>>) {
+        let rows: Vec<wit::Row> = rows.into_iter().map(wit::Row::from).collect();
+        let results = self.keys_wit(entity, &rows);
+        (rows.into_iter().map(Row::from).collect(), results)
+    }
+
+    fn keys_wit(&self, entity: &str, rows: &[wit::Row]) -> Vec<Result<Vec<CacheWrite>, ItemError>> {
         let answer = self.call("keys", |p, s| p.call_keys(s, entity, rows));
         self.per_item(rows.len(), answer)
     }

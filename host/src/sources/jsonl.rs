@@ -15,7 +15,7 @@ use std::io::BufRead;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::plugin::{Change, ChangeOp};
+use crate::model::{Change, ChangeOp};
 
 /// The default source name of JSON-lines changes.
 pub const SOURCE: &str = "jsonl";

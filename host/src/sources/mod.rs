@@ -7,9 +7,10 @@
 //! - [`datastream`]: Schematic's datastream (WebSocket) with its REST
 //!   initial load.
 //!
-//! A source that loads a snapshot brackets it with [`LoadControl`]: between
-//! `Begin` and `End` the stream rows of the loaded entities are staged, so a
-//! snapshot row read before a change can never overwrite it.
+//! A source that loads a snapshot drives a [`SnapshotLoad`] (the protocol
+//! lives in [`crate::ingest::load`]): between its `begin` and `end` the
+//! stream rows of the loaded entities are staged, so a snapshot row read
+//! before a change can never overwrite it.
 
 pub mod datastream;
 pub mod jsonl;
@@ -20,7 +21,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::plugin::Change;
+pub use crate::ingest::load::{LoadControl, LoadEnd, SnapshotLoad};
+use crate::model::Change;
 
 /// A batch of changes from one source.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,28 +40,6 @@ pub struct SourceBatch {
     pub load: Option<LoadControl>,
     /// Told the oplog head once this batch is committed.
     pub committed: Option<CommitSignal>,
-}
-
-/// The brackets of an initial load, by the collections it reads. The
-/// pipeline resolves them to the entities those collections feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadControl {
-    /// A load begins: the entities stage their stream rows from now on, and
-    /// the oplog head is remembered as the load's start.
-    Begin {
-        /// The collections being loaded.
-        collections: Vec<String>,
-    },
-    /// The load ended. When `complete` (every page arrived and nothing was
-    /// missed), the live rows the load did not write since its start are
-    /// deleted; otherwise nothing is evicted. Either way the staged rows
-    /// move into the log and the entities become ready.
-    End {
-        /// The collections that were loaded.
-        collections: Vec<String>,
-        /// Whether the load read everything.
-        complete: bool,
-    },
 }
 
 /// A one-shot signal carrying the oplog head after a batch was committed.

@@ -53,7 +53,7 @@ use super::remembered::{Plan, Remembered, RememberedCache};
 use super::status::{LockState, RedisWriterStatus};
 use super::target::{Command, Reply, Target};
 use crate::breaker::CircuitBreaker;
-use crate::cache::dead_letter::{self, DeadRow, bisect};
+use crate::cache::dead_letter::{self, DeadRow, bisect_after};
 use crate::cache::layout::{EntityLayout, LayoutMap, Layouts};
 use crate::cache::offset::{BootstrapReason, Offset, Resume, resume};
 use crate::cache::tailer::{
@@ -916,9 +916,13 @@ impl RedisCache {
             blocking(move || {
                 jobs.into_iter()
                     .map(|(entity, plugin, rows)| {
-                        let mut calls = 0;
-                        let results = bisect(
+                        // The first call takes the rows by value (no copy);
+                        // only a whole failure calls again, on parts.
+                        let mut calls = 1;
+                        let (rows, first) = plugin.keys_owned(&entity, rows);
+                        let results = bisect_after(
                             &rows,
+                            first,
                             &mut |part: &[Row]| plugin.keys(&entity, part),
                             &|error: &ItemError| matches!(error, ItemError::BatchFailed { .. }),
                             &mut calls,

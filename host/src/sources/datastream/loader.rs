@@ -1,7 +1,8 @@
 //! The initial load over Schematic's REST API (spec §2): count, then pages,
 //! a few at a time, rate-limited, each page retried, behind a circuit
 //! breaker. Companies and users go to the pipeline as REST documents
-//! (`rest.Company`, `rest.User`); the plugin converts them.
+//! (`rest.Company`, `rest.User`) as the pages of a [`SnapshotLoad`]; the
+//! plugin converts them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use super::protocol::{REST_COMPANY, REST_USER};
 use super::status::{DatastreamStatus, bump};
 use crate::breaker::CircuitBreaker;
 use crate::cache::redis::config::MAX_DURATION;
-use crate::plugin::{Change, ChangeOp};
-use crate::sources::SourceBatch;
+use crate::model::{Change, ChangeOp};
+use crate::sources::{SnapshotLoad, SourceBatch};
 
 /// Why a load stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -146,9 +147,10 @@ impl RestLoader {
         })
     }
 
-    /// Load companies, then users, into `out` as snapshot batches.
+    /// Load companies, then users, into `out` as the pages of `load`.
     pub async fn load(
         &self,
+        load: &SnapshotLoad,
         out: &mpsc::Sender<SourceBatch>,
         cancel: &CancellationToken,
     ) -> Result<LoadOutcome, LoadError> {
@@ -157,7 +159,7 @@ impl RestLoader {
             ..LoadOutcome::default()
         };
         for collection in &COLLECTIONS {
-            let part = self.load_collection(collection, out, cancel).await?;
+            let part = self.load_collection(collection, load, out, cancel).await?;
             outcome.complete &= part.complete;
             outcome.entities += part.entities;
             outcome.failed_pages += part.failed_pages;
@@ -168,6 +170,7 @@ impl RestLoader {
     async fn load_collection(
         &self,
         collection: &Collection,
+        load: &SnapshotLoad,
         out: &mpsc::Sender<SourceBatch>,
         cancel: &CancellationToken,
     ) -> Result<LoadOutcome, LoadError> {
@@ -227,14 +230,9 @@ impl RestLoader {
                     }
                     if !changes.is_empty() {
                         bump(&self.status.counters.batches);
-                        out.send(SourceBatch {
-                            source: self.source.clone(),
-                            changes,
-                            snapshot: true,
-                            ..SourceBatch::default()
-                        })
-                        .await
-                        .map_err(|_| LoadError::Closed)?;
+                        out.send(load.page(changes))
+                            .await
+                            .map_err(|_| LoadError::Closed)?;
                     }
                     Ok(true)
                 }

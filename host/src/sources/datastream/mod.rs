@@ -53,8 +53,8 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
 use self::status::bump;
-use crate::plugin::Change;
-use crate::sources::{CommitSignal, LoadControl, Source, SourceBatch, SourceError};
+use crate::model::Change;
+use crate::sources::{CommitSignal, LoadEnd, SnapshotLoad, Source, SourceBatch, SourceError};
 
 /// The close code of a rejected API key.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
@@ -438,6 +438,11 @@ impl<'a> Session<'a> {
         self.source.status.set_loading(false);
     }
 
+    /// The load protocol of this source: the REST collections.
+    fn snapshot_load(&self) -> SnapshotLoad {
+        SnapshotLoad::new(self.name(), loaded_collections())
+    }
+
     async fn send(&self, batch: SourceBatch) -> Result<(), SessionEnd> {
         bump(&self.source.status.counters.batches);
         self.out.send(batch).await.map_err(|_| SessionEnd::Closed)
@@ -456,17 +461,11 @@ impl<'a> Session<'a> {
         }
         self.source.status.set_loading(true);
         self.source.status.set_ready_mark(None);
-        self.send(SourceBatch {
-            source: self.name().to_owned(),
-            load: Some(LoadControl::Begin {
-                collections: loaded_collections(),
-            }),
-            ..SourceBatch::default()
-        })
-        .await?;
+        let load = self.snapshot_load();
+        self.send(load.begin()).await?;
         let token = self.cancel.child_token();
         let (loader, out, child) = (self.source.loader.clone(), self.out.clone(), token.clone());
-        let task = tokio::spawn(async move { loader.load(&out, &child).await });
+        let task = tokio::spawn(async move { loader.load(&load, &out, &child).await });
         self.load = Some((task, token));
         Ok(())
     }
@@ -504,20 +503,15 @@ impl<'a> Session<'a> {
         tracing::info!(source = %self.name(), complete = outcome.complete, entities = outcome.entities,
             failed_pages = outcome.failed_pages, "initial load read");
         let (signal, receiver) = CommitSignal::new();
-        self.send(SourceBatch {
-            source: self.name().to_owned(),
+        self.send(self.snapshot_load().end(LoadEnd {
+            complete: outcome.complete,
             position: if outcome.complete {
                 cursor.clone()
             } else {
                 None
             },
-            load: Some(LoadControl::End {
-                collections: loaded_collections(),
-                complete: outcome.complete,
-            }),
             committed: Some(signal),
-            ..SourceBatch::default()
-        })
+        }))
         .await?;
         self.source.status.set_loading(false);
         if outcome.complete {

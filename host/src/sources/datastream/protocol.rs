@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::plugin::{Change, ChangeOp};
+use crate::model::{Change, ChangeOp};
 
 /// Bulk flags: an array of flags.
 pub const FLAGS: &str = "rulesengine.Flags";

@@ -1,0 +1,343 @@
+//! The initial load (snapshot) protocol, in one place.
+//!
+//! A source that copies a snapshot into the oplog while it keeps streaming
+//! drives one [`SnapshotLoad`]:
+//!
+//! 1. [`SnapshotLoad::begin`] — a batch carrying [`LoadControl::Begin`]. The
+//!    pipeline hands it to [`LoadCoordinator::begin`]: the oplog head is
+//!    remembered as the load's start (metadata [`MetaKey::Load`]) unless a
+//!    load of the entity is already under way, and the entities the loaded
+//!    collections feed are marked `scanning`, so from now on their stream
+//!    rows are **staged** by the store instead of logged: a snapshot row
+//!    read before a change can never overwrite it.
+//! 2. [`SnapshotLoad::page`] — a batch of snapshot changes (any number, in
+//!    any order, concurrently); they are shaped like any change and their
+//!    rows go straight to the log (`AppendBatch::snapshot`). No position is
+//!    committed while a load runs.
+//! 3. [`SnapshotLoad::end`] — a batch carrying [`LoadControl::End`] and the
+//!    source position to resume from. [`LoadCoordinator::end`] **evicts**
+//!    ([`LoadCoordinator::evict`]) when the load was complete: the live rows
+//!    last written at or before the start are the ones the load did not
+//!    see, and are deleted. Then the staged rows move into the log and the
+//!    entities become `ready` (`OplogStore::finish_load`), the start is
+//!    forgotten, and only then is the position committed: a crash before
+//!    that leaves no position, and the load runs again.
+//!
+//! The store keeps its primitives (staging by entity status, `finish_load`,
+//! `latest_page`); this module is the one interface sources use, and the
+//! only code that sequences them.
+//!
+//! # Reuse
+//!
+//! - **MongoDB collection scan.** Record the change stream's resume token
+//!   before `begin`; scan in chunks, each chunk a `page` (the stream, opened
+//!   at the token, runs meanwhile and is staged); `end` with the token once
+//!   the scan is done and the stream has passed the snapshot's end. A scan
+//!   resumable after a restart keeps its chunk progress under a new
+//!   [`MetaKey`] variant committed with each page; `begin` already keeps
+//!   the start of a load that is under way, so eviction still covers the
+//!   whole scan. A lost history (error 286) is a new `begin`.
+//! - **Backfill of a new entity.** The same brackets with the new entity's
+//!   collections: [`LoadCoordinator`] resolves collections to entities, so
+//!   begin, staging, eviction and `finish_load` work per entity; a backfill
+//!   by entity name only needs a `LoadControl` that names entities instead
+//!   of collections, resolved in [`LoadCoordinator::entities`].
+
+use std::sync::Arc;
+
+use crate::entities::EntityManager;
+use crate::model::Change;
+use crate::oplog::{
+    AppendBatch, EntityDef, EntityStatus, MetaKey, NewRow, Op, OplogStore, SourcePosition,
+    StoreError,
+};
+use crate::sources::{CommitSignal, SourceBatch};
+
+/// Rows read per page when evicting.
+const EVICT_PAGE: usize = 5000;
+
+/// The brackets of an initial load, by the collections it reads. The
+/// pipeline resolves them to the entities those collections feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadControl {
+    /// A load begins: the entities stage their stream rows from now on, and
+    /// the oplog head is remembered as the load's start.
+    Begin {
+        /// The collections being loaded.
+        collections: Vec<String>,
+    },
+    /// The load ended. When `complete` (every page arrived and nothing was
+    /// missed), the live rows the load did not write since its start are
+    /// deleted; otherwise nothing is evicted. Either way the staged rows
+    /// move into the log and the entities become ready.
+    End {
+        /// The collections that were loaded.
+        collections: Vec<String>,
+        /// Whether the load read everything.
+        complete: bool,
+    },
+}
+
+/// The source side of one initial load: makes the batches of the protocol
+/// (see the module documentation). Cheap to clone, so a background task
+/// can send pages while the source keeps streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotLoad {
+    source: String,
+    collections: Vec<String>,
+}
+
+/// How a load ended, as the source tells it.
+#[derive(Debug, Clone, Default)]
+pub struct LoadEnd {
+    /// Every page arrived and nothing was missed: evicting is safe.
+    pub complete: bool,
+    /// The source position to resume from, committed after the load.
+    pub position: Option<String>,
+    /// Told the oplog head once the end is committed.
+    pub committed: Option<CommitSignal>,
+}
+
+impl SnapshotLoad {
+    /// A load of `collections` by `source`.
+    pub fn new(source: impl Into<String>, collections: Vec<String>) -> Self {
+        SnapshotLoad {
+            source: source.into(),
+            collections,
+        }
+    }
+
+    /// The source name.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The collections loaded.
+    pub fn collections(&self) -> &[String] {
+        &self.collections
+    }
+
+    /// The batch that begins the load.
+    pub fn begin(&self) -> SourceBatch {
+        SourceBatch {
+            source: self.source.clone(),
+            load: Some(LoadControl::Begin {
+                collections: self.collections.clone(),
+            }),
+            ..SourceBatch::default()
+        }
+    }
+
+    /// A batch of snapshot changes (no position).
+    pub fn page(&self, changes: Vec<Change>) -> SourceBatch {
+        SourceBatch {
+            source: self.source.clone(),
+            changes,
+            snapshot: true,
+            ..SourceBatch::default()
+        }
+    }
+
+    /// The batch that ends the load (evicting when `end.complete`) and then
+    /// commits `end.position`.
+    pub fn end(&self, end: LoadEnd) -> SourceBatch {
+        SourceBatch {
+            source: self.source.clone(),
+            position: end.position,
+            load: Some(LoadControl::End {
+                collections: self.collections.clone(),
+                complete: end.complete,
+            }),
+            committed: end.committed,
+            ..SourceBatch::default()
+        }
+    }
+}
+
+/// The value of [`MetaKey::Load`]: the oplog head when the load began.
+fn load_start(head: i64) -> serde_json::Value {
+    serde_json::json!({ "head": head })
+}
+
+/// The pipeline side of the protocol: runs the brackets against the store
+/// and the entity manager.
+pub struct LoadCoordinator {
+    store: Arc<dyn OplogStore>,
+    entities: Arc<EntityManager>,
+}
+
+impl LoadCoordinator {
+    /// A coordinator on `store`, resolving collections with `entities`.
+    pub fn new(store: Arc<dyn OplogStore>, entities: Arc<EntityManager>) -> Self {
+        LoadCoordinator { store, entities }
+    }
+
+    /// The entities an initial load of `collections` of `source` feeds.
+    pub fn entities(&self, source: &str, collections: &[String]) -> Vec<EntityDef> {
+        let mut entities: Vec<EntityDef> = Vec::new();
+        for collection in collections {
+            for def in self.entities.routes(source, collection) {
+                if !entities.iter().any(|e| e.name == def.name) {
+                    entities.push(def);
+                }
+            }
+        }
+        entities
+    }
+
+    /// Start a load: remember the oplog head (unless a load of the entity
+    /// is already under way, whose start stays) and stage stream rows.
+    pub async fn begin(&self, source: &str, collections: &[String]) -> Result<(), StoreError> {
+        let head = self.store.head().await?;
+        for def in self.entities(source, collections) {
+            let key = MetaKey::Load(&def.name).key();
+            let running = def.status.stages_stream_rows()
+                && self
+                    .store
+                    .meta_get(&key)
+                    .await?
+                    .is_some_and(|v| !v.is_null());
+            if !running {
+                self.store.meta_set(&key, &load_start(head)).await?;
+            }
+            if let Err(error) = self
+                .entities
+                .set_status(&def.name, EntityStatus::Scanning)
+                .await
+            {
+                tracing::warn!(entity = %def.name, %error, "cannot mark entity as loading");
+            }
+            tracing::info!(entity = %def.name, source, start_head = head, "initial load started");
+        }
+        Ok(())
+    }
+
+    /// End a load: evict what a complete load did not write, move the
+    /// staged rows into the log, mark the entities ready, and only then
+    /// commit `position`.
+    pub async fn end(
+        &self,
+        source: &str,
+        collections: &[String],
+        complete: bool,
+        position: Option<SourcePosition>,
+    ) -> Result<(), StoreError> {
+        for def in self.entities(source, collections) {
+            let key = MetaKey::Load(&def.name).key();
+            let start = self
+                .store
+                .meta_get(&key)
+                .await?
+                .and_then(|v| v.get("head").and_then(serde_json::Value::as_i64));
+            let mut evicted = 0;
+            if let (true, Some(start)) = (complete, start) {
+                evicted = self.evict(&def, start).await?;
+            }
+            let moved = self.store.finish_load(&def.name).await?;
+            self.store.meta_delete(&key).await?;
+            if let Err(error) = self
+                .entities
+                .set_status(&def.name, EntityStatus::Ready)
+                .await
+            {
+                tracing::warn!(entity = %def.name, %error, "cannot mark entity as ready");
+            }
+            tracing::info!(entity = %def.name, source, complete, evicted, staged_moved = moved, "initial load finished");
+        }
+        if position.is_some() {
+            self.store
+                .append(AppendBatch {
+                    position,
+                    ..AppendBatch::default()
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Delete the live rows of `def` last written at or before `start`: the
+    /// rows a complete load did not see. Returns how many.
+    pub async fn evict(&self, def: &EntityDef, start: i64) -> Result<usize, StoreError> {
+        let (plugin, version) = match self.entities.registry().for_entity(&def.name) {
+            Some(plugin) => (plugin.name().to_owned(), plugin.version().to_owned()),
+            None => (def.plugin.clone(), String::new()),
+        };
+        let mut after: Option<String> = None;
+        let mut evicted = 0;
+        loop {
+            let page = self
+                .store
+                .latest_page(&def.name, after.as_deref(), EVICT_PAGE)
+                .await?;
+            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
+                break;
+            };
+            let rows: Vec<NewRow> = page
+                .into_iter()
+                .filter(|row| row.oplog_id <= start && row.op == Op::Upsert)
+                .map(|row| NewRow {
+                    entity: def.name.clone(),
+                    doc_id: row.doc_id,
+                    op: Op::Delete,
+                    data: None,
+                    plugin: plugin.clone(),
+                    plugin_version: version.clone(),
+                })
+                .collect();
+            evicted += rows.len();
+            if !rows.is_empty() {
+                self.store
+                    .append(AppendBatch {
+                        rows,
+                        snapshot: true,
+                        ..AppendBatch::default()
+                    })
+                    .await?;
+            }
+            after = Some(last);
+        }
+        Ok(evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batches_of_a_load() {
+        let load = SnapshotLoad::new("ds", vec!["a".into(), "b".into()]);
+        let begin = load.begin();
+        assert_eq!(begin.source, "ds");
+        assert_eq!(
+            begin.load,
+            Some(LoadControl::Begin {
+                collections: vec!["a".into(), "b".into()]
+            })
+        );
+        assert!(begin.changes.is_empty() && begin.position.is_none() && !begin.snapshot);
+
+        let page = load.page(Vec::new());
+        assert!(page.snapshot && page.load.is_none() && page.position.is_none());
+
+        let end = load.end(LoadEnd {
+            complete: true,
+            position: Some("7".into()),
+            committed: None,
+        });
+        assert_eq!(end.position.as_deref(), Some("7"));
+        assert_eq!(
+            end.load,
+            Some(LoadControl::End {
+                collections: vec!["a".into(), "b".into()],
+                complete: true
+            })
+        );
+        assert!(!end.snapshot);
+    }
+
+    #[test]
+    fn the_load_start_is_stored_as_before() {
+        assert_eq!(load_start(42), serde_json::json!({"head": 42}));
+    }
+}
