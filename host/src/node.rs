@@ -20,10 +20,10 @@ use crate::jobs::{JobServer, TaskExit};
 use crate::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore, StoreError};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginWatcher, WatchError};
 use crate::schematic::SchematicBody;
-use crate::sources::Source;
-use crate::sources::datastream::{
+use crate::schematic::datastream::{
     DatastreamError, DatastreamProbe, DatastreamSource, DatastreamStatus,
 };
+use crate::sources::Source;
 use crate::sources::jsonl::JsonlFileSource;
 
 /// Why the node could not start or a step failed.
@@ -214,7 +214,7 @@ impl Node {
                     source,
                 })?;
         }
-        if crate::config::schematic_env::active()
+        if crate::schematic::env::active()
             || config
                 .sources
                 .iter()

@@ -3,7 +3,7 @@
 //!
 //! Without a file, when `SCHEMATIC_API_KEY` is set, the environment
 //! variables of Schematic's Go replicator make the configuration
-//! ([`schematic_env`]): emcachers then runs as a drop-in replacement.
+//! ([`crate::schematic::env`]): emcachers then runs as a drop-in replacement.
 //!
 //! Loading goes through figment, so an error names the offending key and
 //! where its value came from. Relative paths in a configuration file are
@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::redis::RedisWriterConfig;
 use crate::plugin::{SandboxConfig, WasiGrants};
-use crate::sources::datastream::DatastreamConfig;
-
-pub mod schematic_env;
+use crate::schematic::datastream::DatastreamConfig;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +336,7 @@ impl Config {
     /// Load `path` (when given; it must exist) and the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let defaults = match path {
-            None if schematic_env::active() => schematic_env::config_from_env()?,
+            None if crate::schematic::env::active() => crate::schematic::env::config_from_env()?,
             _ => Config::default(),
         };
         let mut figment = Figment::from(Serialized::defaults(defaults));

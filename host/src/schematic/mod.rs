@@ -1,6 +1,11 @@
 //! Everything Schematic-specific: emcachers as a drop-in replacement for
 //! Schematic's Go replicator (spec `schematic-datastream.md`).
 //!
+//! - [`env`]: the environment profile: `SCHEMATIC_API_KEY` and the Go
+//!   replicator's variables as a configuration (sources, entities, Redis
+//!   writer, health).
+//! - [`datastream`]: the datastream source (WebSocket, REST initial load,
+//!   replay cursor) and its readiness probe.
 //! - [`readiness`]: Schematic's `/ready` body over the generic readiness.
 //!
 //! The Redis writer's lock and replay-cursor mirror are generic mechanisms
@@ -18,6 +23,8 @@ pub const WRITER_LOCK_KEY: &str = "schematic:datastream:writer_lock";
 /// The Go replicator's replay cursor key (`REPLAY_CURSOR_KEY`'s default).
 pub const REPLAY_CURSOR_KEY: &str = "schematic:datastream:replay_cursor";
 
+pub mod datastream;
+pub mod env;
 pub mod readiness;
 
 pub use readiness::SchematicBody;

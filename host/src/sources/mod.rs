@@ -12,7 +12,6 @@
 //! stream rows of the loaded entities are staged, so a snapshot row read
 //! before a change can never overwrite it.
 
-pub mod datastream;
 pub mod jsonl;
 
 use std::sync::Arc;

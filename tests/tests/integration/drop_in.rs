@@ -15,10 +15,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use emcachers::config::{Config, SourceConfig, schematic_env};
+use emcachers::config::{Config, SourceConfig};
 use emcachers::node::Node;
+use emcachers::schematic::datastream::{DatastreamConfig, DatastreamSource, DatastreamStatus};
+use emcachers::schematic::env as schematic_env;
 use emcachers::sources::Source;
-use emcachers::sources::datastream::{DatastreamConfig, DatastreamSource, DatastreamStatus};
 use emcachers_datastream_server::{Config as ServerConfig, DevServer, Fixtures};
 use emcachers_tests::services::{RedisOptions, RedisServer, TestCertificates};
 use emcachers_tests::{emcachers_bin, plugins, wait_until};

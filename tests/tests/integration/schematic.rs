@@ -20,9 +20,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use emcachers::config::{Config, SourceConfig, schematic_env};
+use emcachers::config::{Config, SourceConfig};
 use emcachers::node::Node;
 use emcachers::oplog::RejectedRecord;
+use emcachers::schematic::env as schematic_env;
 use emcachers_datastream_server::{Config as ServerConfig, DevServer, Envelope, Fixtures};
 use emcachers_tests::services::{RedisCluster, RedisServer};
 use emcachers_tests::{emcachers_bin, plugins, wait_until};

@@ -49,10 +49,10 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, EntityConfig, HealthConfig, SourceConfig};
 pub use crate::cache::redis::config::MAX_DURATION;
 use crate::cache::redis::{LockConfig, RedisWriterConfig, ReplayCursorConfig};
-use crate::sources::datastream::{DatastreamConfig, datastream_url};
+use crate::config::{Config, ConfigError, EntityConfig, HealthConfig, SourceConfig};
+use crate::schematic::datastream::{DatastreamConfig, datastream_url};
 
 /// The variable that selects this profile.
 pub const API_KEY: &str = "SCHEMATIC_API_KEY";

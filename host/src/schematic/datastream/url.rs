@@ -23,7 +23,7 @@ pub enum UrlError {
 /// used as given.
 ///
 /// ```
-/// use emcachers::sources::datastream::datastream_url;
+/// use emcachers::schematic::datastream::datastream_url;
 /// assert_eq!(
 ///     datastream_url(None, "https://api.schematichq.com").unwrap(),
 ///     "wss://datastream.schematichq.com/datastream"
