@@ -237,7 +237,9 @@ impl Node {
             .filter(|s| matches!(s, SourceConfig::Schematic(_)))
             .map(|s| (s.name().to_owned(), Arc::new(DatastreamStatus::default())))
             .collect();
-        let pipeline = Arc::new(Pipeline::new(store.clone(), entities.clone()));
+        let pipeline = Arc::new(
+            Pipeline::new(store.clone(), entities.clone()).with_retry(config.retry.clone()),
+        );
         Ok(Node {
             config,
             store,
@@ -390,6 +392,9 @@ impl Node {
                 pipeline: self.pipeline.clone(),
                 dbs: self.config.cache.enabled.then(|| self.dbs.clone()),
                 memory: self.memory.clone(),
+                health: Some(self.health_state()),
+                system: Arc::new(api::system::SystemSampler::new()),
+                pending_oplog_limit: self.config.api.pending_oplog_limit,
             });
             self.jobs.spawn("api", move |cancel| {
                 let (listener, router) = (listener.try_clone(), router.clone());

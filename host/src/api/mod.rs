@@ -4,12 +4,15 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/health` | 200 while the process lives |
+//! | GET | `/health/detailed` | every component: oplog store, sources (position age), writers (lag), replicator, plugins, tasks |
+//! | GET | `/api/system/stats` | CPU, memory, throughput, error rate, pending oplog, each flagged against seed 004's thresholds |
 //! | GET | `/api/entities` | every entity |
-//! | POST | `/api/entities` | create an entity (`EntitySpec`) |
+//! | POST | `/api/entities` | create an entity (`EntitySpec`, or seed 004's `{"name", "shape": {"entity_name", "source_name", "columns"}}`: a `shape` entity of the source `mongo`) |
 //! | GET / PUT / DELETE | `/api/entities/{name}` | one entity |
 //! | POST | `/api/entities/{name}/refresh` | re-configure its plugin and re-publish its layout |
 //! | POST | `/api/entities/refresh` | hard refresh of every entity |
-//! | GET | `/api/oplogs/{entity}?after=&limit=` | log entries of an entity |
+//! | GET | `/api/oplogs/{entity}?after=&limit=` | log entries of an entity (through the entity index) |
+//! | POST | `/api/oplogs/batch` | `{"entities": [..], "after", "limit"}`: log entries of several entities in id order, `next_after` to continue |
 //! | GET | `/api/plugins` | loaded plugins and plugin-directory files (with last errors) |
 //! | GET | `/api/rejected?after=&limit=` | rejected records |
 //! | POST | `/api/rejected/replay?limit=` | replay rejected records |
@@ -24,6 +27,7 @@
 
 mod error;
 mod routes;
+pub mod system;
 
 pub use error::ApiError;
 pub use routes::{ApiState, router};

@@ -11,11 +11,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::system::SystemSampler;
 use crate::cache::CacheDbManager;
 use crate::cache::redis::MemoryTarget;
 use crate::entities::{EntityManager, EntitySpec, user_status};
+use crate::health::HealthState;
 use crate::ingest::Pipeline;
-use crate::oplog::{EntityStatus, OplogStore};
+use crate::oplog::{EntityStatus, OplogStore, read_entities_log};
 use crate::plugin::PluginRegistry;
 
 /// What the handlers share.
@@ -33,12 +35,23 @@ pub struct ApiState {
     pub dbs: Option<CacheDbManager>,
     /// The in-memory key cache, when the key writer targets memory.
     pub memory: Option<Arc<MemoryTarget>>,
+    /// The probes of the node's sources and writers, and its task states
+    /// (`/health/detailed`).
+    pub health: Option<HealthState>,
+    /// CPU, memory and throughput between calls (`/api/system/stats`).
+    pub system: Arc<SystemSampler>,
+    /// Oplog entries the writers may have still to apply before
+    /// `/api/system/stats` flags it.
+    pub pending_oplog_limit: i64,
 }
 
 /// The API router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/health/detailed", get(health_detailed))
+        .route("/api/system/stats", get(system_stats))
+        .route("/api/oplogs/batch", post(oplog_batch))
         .route("/api/entities", get(list_entities).post(create_entity))
         .route("/api/entities/refresh", post(refresh_all))
         .route(
@@ -80,6 +93,7 @@ async fn create_entity(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
+    let body = seed_entity_body(body)?;
     let request: CreateEntity = serde_json::from_value(body).map_err(|e| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("invalid entity: {e}"),
@@ -176,26 +190,201 @@ async fn oplog(
 ) -> Result<Json<Value>, ApiError> {
     let page = page(query)?;
     state.entities.get(&entity).await?;
-    // Read forward until `limit` entries of this entity are found or the log ends.
-    let mut found = Vec::new();
-    let mut after = page.after;
-    loop {
-        let batch = state.store.read_log(after, 5000).await?;
-        let Some(last) = batch.last().map(|e| e.id) else {
-            break;
-        };
-        found.extend(
-            batch
-                .into_iter()
-                .filter(|e| e.entity == entity)
-                .take(page.limit - found.len()),
-        );
-        after = last;
-        if found.len() >= page.limit {
-            break;
+    let found = state
+        .store
+        .read_entity_log(&entity, page.after, page.limit)
+        .await?;
+    Ok(Json(json!(found)))
+}
+
+/// The body of `POST /api/oplogs/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OplogBatch {
+    entities: Vec<String>,
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+/// Entities asked for at most by one `POST /api/oplogs/batch`.
+const BATCH_ENTITIES_MAX: usize = 100;
+
+/// Log entries of several entities in id order, paged by id (`after`,
+/// `limit`); `next_after` continues where the page ended.
+async fn oplog_batch(
+    State(state): State<ApiState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let request: OplogBatch = serde_json::from_value(body).map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("invalid oplog batch request: {e}"),
+    })?;
+    if request.entities.is_empty() || request.entities.len() > BATCH_ENTITIES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "entities must name 1 to {BATCH_ENTITIES_MAX} entities"
+        )));
+    }
+    if request.limit == 0 || request.limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 10000"));
+    }
+    for entity in &request.entities {
+        state.entities.get(entity).await?;
+    }
+    let entries = read_entities_log(
+        state.store.as_ref(),
+        &request.entities,
+        request.after,
+        request.limit,
+    )
+    .await?;
+    let next_after = (entries.len() == request.limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(json!({"entries": entries, "next_after": next_after})))
+}
+
+/// Seed 004's entity body, `{"name", "shape": {"entity_name",
+/// "source_name", "columns"}}`: an entity of the `shape` plugin fed by the
+/// collection `source_name` of the source `mongo` (seed 004's one MongoDB,
+/// `[database] mongodb_url`), with the shape as its configuration. Any
+/// other body is returned as it is.
+fn seed_entity_body(body: Value) -> Result<Value, ApiError> {
+    let Some(shape) = body.get("shape") else {
+        return Ok(body);
+    };
+    let invalid = |what: &str| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("invalid entity: the seed's shape body {what}"),
+    };
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("needs a string `name`"))?;
+    let collection = shape
+        .get("source_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("needs a string `shape.source_name`"))?;
+    if !shape.get("columns").is_some_and(Value::is_array) {
+        return Err(invalid("needs an array `shape.columns`"));
+    }
+    // The seed's `entity_name` is a type label (`User` for `users`); the
+    // entity is named by `name`, so it is not handed to the plugin.
+    let mut config = shape.clone();
+    if let Some(map) = config.as_object_mut() {
+        map.remove("entity_name");
+    }
+    let mut spec = json!({
+        "name": name,
+        "source": "mongo",
+        "collection": collection,
+        "plugin": "shape",
+        "config": config,
+    });
+    if let (Some(status), Some(map)) = (body.get("status"), spec.as_object_mut()) {
+        map.insert("status".into(), status.clone());
+    }
+    Ok(spec)
+}
+
+/// Every component: the oplog store (reachable, head), each source (probe,
+/// committed position and its age), each cache writer (applied offset and
+/// lag), the SQLite replicator, the plugins and the background tasks.
+async fn health_detailed(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let (store_ok, head, store_error) = match state.store.head().await {
+        Ok(head) => (true, Some(head), None),
+        Err(error) => (false, None, Some(error.to_string())),
+    };
+    let mut sources = Vec::new();
+    let entities = state.entities.list().await.unwrap_or_default();
+    let mut names: Vec<&str> = entities.iter().map(|e| e.source.as_str()).collect();
+    if let Some(health) = &state.health {
+        names.extend(health.sources.iter().map(|s| s.name()));
+    }
+    names.sort_unstable();
+    names.dedup();
+    let now = crate::oplog::now_millis();
+    for name in names {
+        let position = state.store.source_position_at(name).await.ok().flatten();
+        let probe = state
+            .health
+            .as_ref()
+            .and_then(|h| h.sources.iter().find(|s| s.name() == name));
+        sources.push(json!({
+            "name": name,
+            "kind": probe.map(|p| p.kind()),
+            "connected": probe.map(|p| p.connected()),
+            "error": probe.and_then(|p| p.error()),
+            "position": position.as_ref().map(|(p, _)| p.clone()),
+            "position_age_ms": position.as_ref().map(|(_, at)| (now - at).max(0)),
+        }));
+    }
+    let mut writers = Vec::new();
+    if let Some(health) = &state.health {
+        for writer in &health.writers {
+            let applied = writer.applied_offset();
+            writers.push(json!({
+                "component": writer.component(),
+                "connected": writer.connected(),
+                "complete": writer.complete(),
+                "applied_offset": applied,
+                "lag": head.map(|h| (h - applied).max(0)),
+            }));
         }
     }
-    Ok(Json(json!(found)))
+    let replicator = state.dbs.as_ref().map(|dbs| {
+        let status = dbs.replicator_status();
+        json!({
+            "offset": status.offset(),
+            "lag": head.map(|h| (h - status.offset()).max(0)),
+            "failing": status.failing(),
+        })
+    });
+    let readiness = state.health.as_ref().map(|h| h.readiness());
+    let tasks = state.health.as_ref().map(|h| h.tasks.snapshot());
+    let degraded: Vec<String> = tasks
+        .iter()
+        .flatten()
+        .filter(|(_, t)| t.degraded())
+        .map(|(name, _)| name.clone())
+        .collect();
+    let healthy = store_ok && degraded.is_empty();
+    Ok(Json(json!({
+        "status": if healthy { "healthy" } else { "degraded" },
+        "ready": readiness.as_ref().map(|r| r.ready),
+        "oplog": {
+            "backend": state.store.backend(),
+            "reachable": store_ok,
+            "head": head,
+            "error": store_error,
+        },
+        "sources": sources,
+        "writers": writers,
+        "replicator": replicator,
+        "plugins": state.registry.plugins(),
+        "tasks": tasks,
+        "degraded": degraded,
+    })))
+}
+
+/// CPU, memory, ingest throughput, error rate and pending oplog, each
+/// flagged against seed 004's thresholds.
+async fn system_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let head = state.store.head().await?;
+    let mut applied: Vec<i64> = Vec::new();
+    if let Some(health) = &state.health {
+        applied.extend(health.writers.iter().map(|w| w.applied_offset()));
+    }
+    if let Some(dbs) = &state.dbs {
+        applied.push(dbs.replicator_status().offset());
+    }
+    let pending = applied.iter().min().map_or(0, |slowest| head - slowest);
+    let stats = state
+        .system
+        .sample(state.pipeline.totals(), pending, state.pending_oplog_limit);
+    Ok(Json(json!(stats)))
 }
 
 async fn plugins(State(state): State<ApiState>) -> Json<Value> {

@@ -17,6 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::redis::RedisWriterConfig;
+use crate::ingest::retry::RetryConfig;
 use crate::plugin::{SandboxConfig, WasiGrants};
 use crate::schematic::datastream::DatastreamConfig;
 
@@ -75,6 +76,55 @@ pub struct Config {
     pub health: HealthConfig,
     /// The Redis cache writer; off when absent.
     pub redis: Option<RedisWriterConfig>,
+    /// How failed commits are retried (seed 004's `[retry]`).
+    pub retry: RetryConfig,
+    /// Seed 004's `[server]` (`host`, `port`): the REST API's address.
+    pub server: Option<SeedServer>,
+    /// Seed 004's `[database]` (`postgres_url`, `mongodb_url`).
+    pub database: Option<SeedDatabase>,
+    /// Seed 004's `[batch]` (`oplog_batch_size`, `postgres_batch_size`).
+    pub batch: Option<SeedBatch>,
+}
+
+/// Seed 004's `[server]`: `api.listen = "{host}:{port}"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedServer {
+    /// The address to listen on.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl Default for SeedServer {
+    fn default() -> Self {
+        SeedServer {
+            host: "0.0.0.0".into(),
+            port: 8080,
+        }
+    }
+}
+
+/// Seed 004's `[database]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedDatabase {
+    /// `oplog.postgres_url`.
+    pub postgres_url: Option<String>,
+    /// The `uri` of a MongoDB source named `mongo` (its database is the
+    /// URL's path).
+    pub mongodb_url: Option<String>,
+}
+
+/// Seed 004's `[batch]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedBatch {
+    /// `oplog.batch_size`: changes per source batch.
+    pub oplog_batch_size: Option<usize>,
+    /// `cache.batch_size`: oplog entries a cache writer reads from the
+    /// store (PostgreSQL in seed 004's deployment) per batch.
+    pub postgres_batch_size: Option<usize>,
 }
 
 impl Default for Config {
@@ -91,6 +141,10 @@ impl Default for Config {
             sources: Vec::new(),
             health: HealthConfig::default(),
             redis: None,
+            retry: RetryConfig::default(),
+            server: None,
+            database: None,
+            batch: None,
         }
     }
 }
@@ -237,6 +291,9 @@ pub struct ApiConfig {
     pub enabled: bool,
     /// Listen address (`127.0.0.1:0` picks a free port).
     pub listen: String,
+    /// Oplog entries the slowest cache writer may have still to apply
+    /// before `/api/system/stats` flags it.
+    pub pending_oplog_limit: i64,
 }
 
 impl Default for ApiConfig {
@@ -244,6 +301,7 @@ impl Default for ApiConfig {
         ApiConfig {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
+            pending_oplog_limit: 10_000,
         }
     }
 }
@@ -414,12 +472,57 @@ impl Config {
     }
 
     fn extract(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.apply_seed_keys()?;
         config.check()?;
         Ok(config)
     }
 
+    /// Apply seed 004's keys to the settings they name (a key given both
+    /// ways with different values is an error naming both).
+    fn apply_seed_keys(&mut self) -> Result<(), ConfigError> {
+        if let Some(server) = &self.server {
+            self.api.listen = format!("{}:{}", server.host, server.port);
+        }
+        if let Some(database) = self.database.clone() {
+            if let Some(url) = database.postgres_url {
+                match &self.oplog.postgres_url {
+                    Some(own) if *own != url => {
+                        return Err(ConfigError::Value {
+                            key: "database.postgres_url",
+                            reason: "differs from oplog.postgres_url: give one of them".into(),
+                        });
+                    }
+                    _ => self.oplog.postgres_url = Some(url),
+                }
+            }
+            if let Some(url) = database.mongodb_url {
+                self.add_seed_mongo_source(&url)?;
+            }
+        }
+        if let Some(batch) = &self.batch {
+            if let Some(size) = batch.oplog_batch_size {
+                self.oplog.batch_size = Some(size);
+            }
+            if let Some(size) = batch.postgres_batch_size {
+                self.cache.batch_size = size;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seed 004's `[database] mongodb_url`: a MongoDB source named `mongo`.
+    fn add_seed_mongo_source(&mut self, _url: &str) -> Result<(), ConfigError> {
+        Err(ConfigError::Value {
+            key: "database.mongodb_url",
+            reason: "this build has no MongoDB source".into(),
+        })
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
+        self.retry
+            .check()
+            .map_err(|(key, reason)| ConfigError::Value { key, reason })?;
         if self.plugins.deadline_ms == 0 {
             return Err(ConfigError::Value {
                 key: "plugins.deadline_ms",
@@ -509,6 +612,64 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_004_keys_drive_the_settings_they_name() {
+        let config = Config::from_toml(
+            r#"
+[server]
+host = "127.0.0.1"
+port = 9090
+
+[database]
+postgres_url = "postgresql://u:p@localhost:5432/emcachers"
+
+[batch]
+oplog_batch_size = 700
+postgres_batch_size = 300
+
+[retry]
+max_attempts = 3
+initial_delay_ms = 1000
+backoff_multiplier = 2.0
+"#,
+        )
+        .expect("seed keys parse");
+        assert_eq!(config.api.listen, "127.0.0.1:9090");
+        assert_eq!(
+            config.oplog.postgres_url.as_deref(),
+            Some("postgresql://u:p@localhost:5432/emcachers")
+        );
+        assert_eq!(config.oplog.batch_size, Some(700));
+        assert_eq!(config.cache.batch_size, 300);
+        assert_eq!(config.retry.max_attempts, 3);
+        assert_eq!(config.retry.initial_delay_ms, 1000);
+
+        let clash = Config::from_toml(
+            "[oplog]\npostgres_url = \"postgresql://a\"\n[database]\npostgres_url = \"postgresql://b\"\n",
+        );
+        assert!(
+            matches!(
+                clash,
+                Err(ConfigError::Value {
+                    key: "database.postgres_url",
+                    ..
+                })
+            ),
+            "{clash:?}"
+        );
+        let bad = Config::from_toml("[retry]\nbackoff_multiplier = 0.5\n");
+        assert!(
+            matches!(
+                bad,
+                Err(ConfigError::Value {
+                    key: "retry.backoff_multiplier",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
 
     #[test]
     fn schematic_sources_and_redis_parse_from_toml() {

@@ -29,6 +29,18 @@ pub enum PipelineError {
     /// A blocking task failed.
     #[error("pipeline worker failed: {0}")]
     Worker(String),
+    /// A batch of `source` failed to commit `attempts` times (`[retry]
+    /// max_attempts`): the source stops and restarts from its committed
+    /// position.
+    #[error("source {source_name}: batch not committed after {attempts} attempts: {reason}")]
+    GaveUp {
+        /// The source.
+        source_name: String,
+        /// The attempts made.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
 }
 
 /// Counters of ingested batches.
@@ -64,6 +76,10 @@ pub struct Pipeline {
     store: Arc<dyn OplogStore>,
     entities: Arc<EntityManager>,
     loads: LoadCoordinator,
+    /// Everything committed since the pipeline was made.
+    totals: std::sync::Mutex<IngestReport>,
+    /// How failed commits are retried.
+    retry: retry::RetryConfig,
 }
 
 /// Rows and rejections produced for one batch.
@@ -80,11 +96,35 @@ impl Pipeline {
             loads: LoadCoordinator::new(store.clone(), entities.clone()),
             store,
             entities,
+            totals: std::sync::Mutex::new(IngestReport::default()),
+            retry: retry::RetryConfig::default(),
         }
+    }
+
+    /// Retry failed commits as `config` says (default: 100 ms doubling to
+    /// 10 s, without end).
+    pub fn with_retry(mut self, config: retry::RetryConfig) -> Self {
+        self.retry = config;
+        self
+    }
+
+    /// Everything this pipeline committed since it was made (for the
+    /// system statistics: throughput and error rate).
+    pub fn totals(&self) -> IngestReport {
+        *self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shape and commit one source batch.
     pub async fn process(&self, batch: SourceBatch) -> Result<IngestReport, PipelineError> {
+        let report = self.process_batch(batch).await?;
+        self.totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(report);
+        Ok(report)
+    }
+
+    async fn process_batch(&self, batch: SourceBatch) -> Result<IngestReport, PipelineError> {
         let mut report = IngestReport {
             changes: batch.changes.len(),
             ..IngestReport::default()
@@ -374,24 +414,34 @@ impl Pipeline {
 
     /// Consume batches from `rx` until it closes or `cancel` fires. A batch
     /// whose commit fails is retried (with backoff, [`super::retry`]) until
-    /// it succeeds: the source waits meanwhile, nothing is dropped.
+    /// it succeeds: the source waits meanwhile, nothing is dropped. After
+    /// `max_attempts` failures (when set) the run fails: the source stops
+    /// and restarts from its committed position.
     pub async fn run(
         &self,
         mut rx: mpsc::Receiver<SourceBatch>,
         cancel: CancellationToken,
-    ) -> IngestReport {
+    ) -> Result<IngestReport, PipelineError> {
         let mut total = IngestReport::default();
         loop {
             let batch = tokio::select! {
-                _ = cancel.cancelled() => return total,
-                batch = rx.recv() => match batch { Some(batch) => batch, None => return total },
+                _ = cancel.cancelled() => return Ok(total),
+                batch = rx.recv() => match batch { Some(batch) => batch, None => return Ok(total) },
             };
-            let committed =
-                retry::until_committed(&batch.source, &cancel, || self.process(batch.clone()))
-                    .await;
+            let committed = retry::until_committed(&batch.source, &self.retry, &cancel, || {
+                self.process(batch.clone())
+            })
+            .await;
             match committed {
-                Some(report) => total.add(report),
-                None => return total,
+                Ok(Some(report)) => total.add(report),
+                Ok(None) => return Ok(total),
+                Err(gave_up) => {
+                    return Err(PipelineError::GaveUp {
+                        source_name: batch.source.clone(),
+                        attempts: gave_up.attempts,
+                        reason: gave_up.error.to_string(),
+                    });
+                }
             }
         }
     }
@@ -430,9 +480,10 @@ pub async fn run_source(
         tokio::spawn(async move { pipeline.run(rx, cancel).await })
     };
     let produced = source.run(position, tx, cancel).await;
+    // The consumer's failure explains the source's (its channel closed).
     let report = consumer
         .await
-        .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        .map_err(|e| PipelineError::Worker(e.to_string()))??;
     produced?;
     Ok(report)
 }

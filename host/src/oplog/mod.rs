@@ -100,6 +100,26 @@ pub fn new_identity() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Log entries of any of `entities` with `id > after`, in id order, at most
+/// `limit`: one read per entity through the `(entity, id)` index, merged.
+pub async fn read_entities_log(
+    store: &dyn OplogStore,
+    entities: &[String],
+    after: i64,
+    limit: usize,
+) -> Result<Vec<OplogEntry>, StoreError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut entries = Vec::new();
+    for entity in entities {
+        if seen.insert(entity.as_str()) {
+            entries.extend(store.read_entity_log(entity, after, limit).await?);
+        }
+    }
+    entries.sort_by_key(|e| e.id);
+    entries.truncate(limit);
+    Ok(entries)
+}
+
 /// The oplog store. See the module documentation for its guarantees.
 #[async_trait]
 pub trait OplogStore: Send + Sync + 'static {
@@ -125,6 +145,15 @@ pub trait OplogStore: Send + Sync + 'static {
     /// Log entries with `id > after`, in id order, at most `limit`.
     async fn read_log(&self, after: i64, limit: usize) -> Result<Vec<OplogEntry>, StoreError>;
 
+    /// Log entries of `entity` with `id > after`, in id order, at most
+    /// `limit`, read through the `(entity, id)` index.
+    async fn read_entity_log(
+        &self,
+        entity: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OplogEntry>, StoreError>;
+
     /// The highest committed log id (0 when empty).
     async fn head(&self) -> Result<i64, StoreError>;
 
@@ -142,6 +171,10 @@ pub trait OplogStore: Send + Sync + 'static {
 
     /// The committed position of `source`.
     async fn source_position(&self, source: &str) -> Result<Option<String>, StoreError>;
+
+    /// The committed position of `source` and when it was committed (Unix
+    /// ms), for its age.
+    async fn source_position_at(&self, source: &str) -> Result<Option<(String, i64)>, StoreError>;
 
     /// Create or update an entity definition (status and timestamps included).
     async fn put_entity(&self, entity: &EntityDef) -> Result<(), StoreError> {

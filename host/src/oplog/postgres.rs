@@ -274,6 +274,24 @@ impl OplogStore for PostgresStore {
         })
     }
 
+    async fn read_entity_log(
+        &self,
+        entity: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OplogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, entity, doc_id, op, data, created_at, plugin, plugin_version
+             FROM oplog WHERE entity = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(entity)
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_of).collect()
+    }
+
     async fn read_log(&self, after: i64, limit: usize) -> Result<Vec<OplogEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, entity, doc_id, op, data, created_at, plugin, plugin_version
@@ -283,20 +301,7 @@ impl OplogStore for PostgresStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OplogEntry {
-                    id: row.try_get("id")?,
-                    entity: row.try_get("entity")?,
-                    doc_id: row.try_get("doc_id")?,
-                    op: Op::from_code(row.try_get::<i16, _>("op")?.into()),
-                    data: row.try_get("data")?,
-                    created_at: row.try_get("created_at")?,
-                    plugin: row.try_get("plugin")?,
-                    plugin_version: row.try_get("plugin_version")?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_of).collect()
     }
 
     async fn head(&self) -> Result<i64, StoreError> {
@@ -338,6 +343,15 @@ impl OplogStore for PostgresStore {
     async fn source_position(&self, source: &str) -> Result<Option<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT position FROM source_positions WHERE source = $1")
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn source_position_at(&self, source: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT position, updated_at FROM source_positions WHERE source = $1")
                 .bind(source)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -552,4 +566,18 @@ impl OplogStore for PostgresStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// A log entry from its row.
+fn entry_of(row: &sqlx::postgres::PgRow) -> Result<OplogEntry, StoreError> {
+    Ok(OplogEntry {
+        id: row.try_get("id")?,
+        entity: row.try_get("entity")?,
+        doc_id: row.try_get("doc_id")?,
+        op: Op::from_code(row.try_get::<i16, _>("op")?.into()),
+        data: row.try_get("data")?,
+        created_at: row.try_get("created_at")?,
+        plugin: row.try_get("plugin")?,
+        plugin_version: row.try_get("plugin_version")?,
+    })
 }

@@ -425,6 +425,35 @@ impl OplogStore for SqliteStore {
         .await
     }
 
+    async fn read_entity_log(
+        &self,
+        entity: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OplogEntry>, StoreError> {
+        let entity = entity.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, entity, doc_id, op, data, created_at, plugin, plugin_version
+                 FROM oplog WHERE entity = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![entity, after, limit as i64], |r| {
+                Ok(OplogEntry {
+                    id: r.get(0)?,
+                    entity: r.get(1)?,
+                    doc_id: r.get(2)?,
+                    op: Op::from_code(r.get(3)?),
+                    data: r.get(4)?,
+                    created_at: r.get(5)?,
+                    plugin: r.get(6)?,
+                    plugin_version: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn head(&self) -> Result<i64, StoreError> {
         self.read(|conn| {
             Ok(conn.query_row(
@@ -487,6 +516,20 @@ impl OplogStore for SqliteStore {
                     "SELECT position FROM source_positions WHERE source = ?1",
                     params![source],
                     |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn source_position_at(&self, source: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let source = source.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT position, updated_at FROM source_positions WHERE source = ?1",
+                    params![source],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?)
         })
