@@ -25,6 +25,7 @@ use crate::schematic::datastream::{
 };
 use crate::sources::Source;
 use crate::sources::jsonl::JsonlFileSource;
+use crate::sources::mongo::MongoSource;
 
 /// Why the node could not start or a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +290,7 @@ impl Node {
         self.config
             .sources
             .iter()
-            .map(|source| build_source(source, batch, &self.datastreams))
+            .map(|source| build_source(source, batch, &self.datastreams, &self.entities))
             .collect()
     }
 
@@ -421,12 +422,13 @@ impl Node {
             let capacity = self.config.oplog.queue_batches.unwrap_or(4);
             let batch = self.config.oplog.batch_size.unwrap_or(1000);
             let datastreams = self.datastreams.clone();
+            let entities = self.entities.clone();
             let first = FirstRun::new(source);
             self.jobs
                 .spawn(format!("source:{}", config.name()), move |cancel| {
                     let source = first
                         .take()
-                        .map_or_else(|| build_source(&config, batch, &datastreams), Ok);
+                        .map_or_else(|| build_source(&config, batch, &datastreams, &entities), Ok);
                     let (pipeline, store) = (pipeline.clone(), store.clone());
                     source_task(source, pipeline, store, capacity, cancel)
                 });
@@ -629,6 +631,7 @@ fn build_source(
     config: &SourceConfig,
     batch: usize,
     datastreams: &[(String, Arc<DatastreamStatus>)],
+    entities: &Arc<EntityManager>,
 ) -> Result<Box<dyn Source>, NodeError> {
     Ok(match config {
         SourceConfig::Jsonl(config) => {
@@ -641,6 +644,14 @@ fn build_source(
                 .map(|(_, status)| status.clone())
                 .unwrap_or_default();
             Box::new(DatastreamSource::new(config.clone(), status)?)
+        }
+        SourceConfig::Mongo(config) => {
+            // A drop or rename stops the source only when an entity is fed
+            // by the collection.
+            let (entities, name) = (entities.clone(), config.name.clone());
+            let routed: crate::sources::mongo::Routed =
+                Arc::new(move |collection: &str| !entities.routes(&name, collection).is_empty());
+            Box::new(MongoSource::new(config.clone(), batch, Some(routed)))
         }
     })
 }

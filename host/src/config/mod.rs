@@ -20,6 +20,7 @@ use crate::cache::redis::RedisWriterConfig;
 use crate::ingest::retry::RetryConfig;
 use crate::plugin::{SandboxConfig, WasiGrants};
 use crate::schematic::datastream::DatastreamConfig;
+use crate::sources::mongo::MongoSourceConfig;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +338,8 @@ pub enum SourceConfig {
     Jsonl(JsonlSourceConfig),
     /// Schematic's datastream with its REST initial load.
     Schematic(DatastreamConfig),
+    /// A MongoDB change stream on one database.
+    Mongo(MongoSourceConfig),
 }
 
 /// A JSON-lines file source.
@@ -355,6 +358,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Jsonl(config) => &config.name,
             SourceConfig::Schematic(config) => &config.name,
+            SourceConfig::Mongo(config) => &config.name,
         }
     }
 }
@@ -440,7 +444,7 @@ impl Config {
         for source in &mut self.sources {
             match source {
                 SourceConfig::Jsonl(config) => resolve(&mut config.path),
-                SourceConfig::Schematic(_) => {}
+                SourceConfig::Schematic(_) | SourceConfig::Mongo(_) => {}
             }
         }
     }
@@ -550,6 +554,12 @@ impl Config {
                     key: "sources.api_key",
                     reason: format!("source {} needs an API key", config.name),
                 });
+            }
+            if let SourceConfig::Mongo(config) = source {
+                config.check().map_err(|problem| ConfigError::Value {
+                    key: problem.key,
+                    reason: problem.reason,
+                })?;
             }
         }
         if let Some(redis) = &self.redis {
@@ -803,5 +813,58 @@ listen = "127.0.0.1:0"
         )
         .expect("valid");
         assert_eq!(config.entities[0].config["columns"][0]["path"], "_id");
+    }
+
+    #[test]
+    fn mongo_sources_parse_from_toml_and_are_checked() {
+        use crate::sources::mongo::FullDocument;
+        let config = Config::from_toml(
+            r#"
+            [[sources]]
+            kind = "mongo"
+            name = "mongo"
+            uri = "mongodb://127.0.0.1:27017/?directConnection=true"
+            database = "app"
+            collections = ["users", "orders"]
+            full_document = "updateLookup"
+            "#,
+        )
+        .expect("valid");
+        let SourceConfig::Mongo(source) = &config.sources[0] else {
+            panic!("a mongo source: {:?}", config.sources[0]);
+        };
+        assert_eq!(source.database, "app");
+        assert_eq!(
+            source.collections.as_deref(),
+            Some(&["users".to_owned(), "orders".to_owned()][..])
+        );
+        assert_eq!(source.full_document, FullDocument::UpdateLookup);
+        assert_eq!(source.token_persist_ms, 10_000);
+
+        let minimal = "[[sources]]\nkind = \"mongo\"\nname = \"m\"\nuri = \"mongodb://h\"\ndatabase = \"d\"\n";
+        let config = Config::from_toml(minimal).expect("valid");
+        let SourceConfig::Mongo(source) = &config.sources[0] else {
+            panic!("a mongo source");
+        };
+        assert_eq!(source.full_document, FullDocument::Default);
+        assert_eq!(source.collections, None);
+
+        for (extra, key) in [
+            ("typo = 1\n", "typo"),
+            ("full_document = \"whenAvailable\"\n", "full_document"),
+            ("token_persist_ms = 0\n", "sources.token_persist_ms"),
+        ] {
+            let error = Config::from_toml(&format!("{minimal}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{extra}: {error}");
+        }
+        let error = Config::from_toml(&minimal.replace("mongodb://h", "http://h"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("sources.uri") && error.contains("source m"),
+            "{error}"
+        );
     }
 }

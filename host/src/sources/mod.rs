@@ -4,6 +4,8 @@
 //! backlog.
 //!
 //! - [`jsonl`]: JSON-lines files, one change per line (CLI, backfills, demos).
+//! - [`mongo`]: a MongoDB change stream on one database, its resume token
+//!   as the position.
 //! - [`datastream`]: Schematic's datastream (WebSocket) with its REST
 //!   initial load.
 //!
@@ -13,6 +15,7 @@
 //! before a change can never overwrite it.
 
 pub mod jsonl;
+pub mod mongo;
 
 use std::sync::Arc;
 
