@@ -37,6 +37,21 @@ if ! sdk_ok; then
   "$PYVENV/bin/python" -m pip install --quiet -r tests/python/requirements.txt
 fi
 
+# SecantusDB, a MongoDB-compatible server with change streams, for the
+# MongoDB source tests (tests/src/services.rs starts it as its own process;
+# it is GPL-2.0 and never linked into a binary). Pinned: it is a beta.
+MONGOVENV="${CARGO_TARGET_DIR:-target}/mongo-venv"
+SECANTUS_VERSION=0.7.0b3
+mongo_ok() {
+  [ -x "$MONGOVENV/bin/secantusd-py" ] && "$MONGOVENV/bin/python" -c "import importlib.metadata as m
+assert m.version('SecantusDB') == '$SECANTUS_VERSION'" >/dev/null 2>&1
+}
+if ! mongo_ok; then
+  log "creating $MONGOVENV (SecantusDB $SECANTUS_VERSION)"
+  [ -x "$MONGOVENV/bin/python" ] || python3 -m venv "$MONGOVENV"
+  "$MONGOVENV/bin/pip" install --quiet --pre "SecantusDB==$SECANTUS_VERSION"
+fi
+
 log "building guest plugins (wasm32-wasip2)"
 bash tests/build-plugins.sh
 

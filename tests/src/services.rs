@@ -1117,3 +1117,246 @@ impl RedisCluster {
         redis_cli(first.port, true, args, &first.log, None)
     }
 }
+
+// ---------------------------------------------------------------- MongoDB
+
+/// The SecantusDB version the tests pin (`tests/run-all.sh` installs it).
+pub const SECANTUS_VERSION: &str = "0.7.0b3";
+
+/// Deadline for SecantusDB (a Python server) to answer after a start.
+const MONGO_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `secantusd-py` of the venv at `{target}/mongo-venv` (the workspace's
+/// target directory, `CARGO_TARGET_DIR` when set).
+fn secantusd() -> PathBuf {
+    let bin = crate::target_dir().join("mongo-venv/bin/secantusd-py");
+    assert!(
+        bin.is_file(),
+        "{} is missing: python3 -m venv target/mongo-venv && \
+         target/mongo-venv/bin/pip install --pre 'SecantusDB=={SECANTUS_VERSION}' \
+         (tests/run-all.sh does it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether a MongoDB server answers `ping` at `uri` (a client of its own, on
+/// a thread of its own, so this works inside and outside a Tokio runtime).
+fn mongo_pings(uri: &str) -> bool {
+    let uri = uri.to_owned();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return false;
+        };
+        runtime.block_on(async move {
+            let Ok(mut options) = mongodb::options::ClientOptions::parse(uri).await else {
+                return false;
+            };
+            options.server_selection_timeout = Some(Duration::from_secs(1));
+            options.connect_timeout = Some(Duration::from_secs(1));
+            let Ok(client) = mongodb::Client::with_options(options) else {
+                return false;
+            };
+            let pinged = client
+                .database("admin")
+                .run_command(mongodb::bson::doc! {"ping": 1})
+                .await
+                .is_ok();
+            client.shutdown().immediate(true).await;
+            pinged
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+struct MongoProcess {
+    child: Child,
+    watchdog: Watchdog,
+}
+
+impl MongoProcess {
+    /// Start `secantusd-py` on `port` with its data in `storage`, and wait
+    /// until it answers `ping`.
+    fn launch(base: &Path, storage: &Path, log: &Path, port: u16) -> Result<MongoProcess, String> {
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("open {}: {e}", log.display()))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| format!("open {}: {e}", log.display()))?;
+        let child = Command::new(secantusd())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
+            .arg(storage)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("cannot run secantusd-py: {e}"))?;
+        let pid = child.id();
+        let watchdog = Watchdog::arm(&format!(
+            "kill -9 {pid} 2>/dev/null; rm -rf {}",
+            sh_quote(path_str(base))
+        ));
+        let mut process = MongoProcess { child, watchdog };
+        let uri = mongo_uri(port);
+        let deadline = Instant::now() + MONGO_READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                process.watchdog.disarm();
+                return Err(format!("secantusd-py on port {port} exited: {status}"));
+            }
+            // Ours answers (checked alive again after the ping: a server of
+            // another process on the port would leave ours exiting).
+            if mongo_pings(&uri) && matches!(process.child.try_wait(), Ok(None)) {
+                return Ok(process);
+            }
+            if Instant::now() >= deadline {
+                process.kill();
+                return Err(format!(
+                    "secantusd-py on port {port} did not answer within {MONGO_READY_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.watchdog.disarm();
+    }
+}
+
+fn mongo_uri(port: u16) -> String {
+    format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+}
+
+/// A MongoDB-compatible server of its own: SecantusDB
+/// ([`SECANTUS_VERSION`], `secantusd-py` from `target/mongo-venv`), a child
+/// of the test process on `127.0.0.1` at a free port, storing in a
+/// temporary directory. It advertises itself as a replica-set primary, so
+/// change streams work. Dropping it kills it and removes the directory.
+///
+/// [`MongoServer::kill9`] and [`MongoServer::start_again`] take `&self`, so
+/// a test can crash and restart the server (same port, same storage) while
+/// other threads use it.
+pub struct MongoServer {
+    base: TempDir,
+    port: u16,
+    process: Mutex<Option<MongoProcess>>,
+}
+
+impl std::fmt::Debug for MongoServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoServer")
+            .field("port", &self.port)
+            .field("dir", &self.base.path())
+            .finish()
+    }
+}
+
+impl MongoServer {
+    /// Start a server on a free port and wait (at most 60 s) until it
+    /// answers `ping`.
+    ///
+    /// # Panics
+    ///
+    /// When SecantusDB is not installed or does not start; the message
+    /// quotes its log.
+    pub fn start() -> MongoServer {
+        let base = tempfile::Builder::new()
+            .prefix("emcachers-mongo-")
+            .tempdir()
+            .expect("create a temporary directory for MongoDB");
+        let storage = base.path().join("data");
+        fs::create_dir_all(&storage).expect("create the MongoDB storage directory");
+        let log = base.path().join("secantusd.log");
+        for attempt in 1..=START_ATTEMPTS {
+            let port = free_port();
+            let from = log_len(&log);
+            match MongoProcess::launch(base.path(), &storage, &log, port) {
+                Ok(process) => {
+                    return MongoServer {
+                        base,
+                        port,
+                        process: Mutex::new(Some(process)),
+                    };
+                }
+                Err(_) if attempt < START_ATTEMPTS && log_says_port_taken(&log, from) => {}
+                Err(e) => panic!("SecantusDB did not start: {e}\n{}", log_tail(&log)),
+            }
+        }
+        unreachable!("the last start attempt returns or panics")
+    }
+
+    /// `mongodb://127.0.0.1:PORT/?directConnection=true`.
+    pub fn uri(&self) -> String {
+        mongo_uri(self.port)
+    }
+
+    /// The TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's log (stdout and stderr).
+    pub fn log(&self) -> String {
+        log_tail(&self.base.path().join("secantusd.log"))
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        lock(&self.process)
+            .as_mut()
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// Kill the server with SIGKILL (a crash: clients see their connections
+    /// reset). Does nothing when it is not running.
+    pub fn kill9(&self) {
+        if let Some(process) = lock(&self.process).take() {
+            process.kill();
+        }
+    }
+
+    /// Start the server again on the same port and storage (killing it
+    /// first if it runs), and wait until it answers.
+    ///
+    /// # Panics
+    ///
+    /// When it does not start (for instance, the port was taken meanwhile).
+    pub fn start_again(&self) {
+        self.kill9();
+        let mut slot = lock(&self.process);
+        let log = self.base.path().join("secantusd.log");
+        match MongoProcess::launch(
+            self.base.path(),
+            &self.base.path().join("data"),
+            &log,
+            self.port,
+        ) {
+            Ok(process) => *slot = Some(process),
+            Err(e) => panic!("restarting SecantusDB failed: {e}\n{}", log_tail(&log)),
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        if let Some(process) = lock(&self.process).take() {
+            process.kill();
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod drop_in;
 mod end_to_end;
 mod hot_reload;
 mod isolation;
+mod mongo;
 mod oplog_store;
 mod process;
 mod python_sdk;

@@ -1,0 +1,695 @@
+//! The MongoDB source against a real server: SecantusDB
+//! ([`MongoServer`], pinned), started by the harness as its own process.
+//! Where SecantusDB differs from mongod, the tests follow mongod's
+//! documented behaviour and say so beside the check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use emcachers::config::Config;
+use emcachers::model::{Change, ChangeOp};
+use emcachers::node::Node;
+use emcachers::oplog::{Op, OplogEntry};
+use emcachers::sources::mongo::{FullDocument, MongoSource, MongoSourceConfig};
+use emcachers::sources::{Source, SourceBatch};
+use emcachers_tests::services::MongoServer;
+use emcachers_tests::{emcachers_bin, plugin_cache_dir, wait_until};
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{DateTime, Document, doc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Deadline of every wait.
+const WAIT: Duration = Duration::from_secs(60);
+
+const DB: &str = "app";
+
+/// The shape of the `items` entities: typed columns, an ObjectId, a date.
+fn items_shape() -> Value {
+    json!({
+        "columns": [
+            {"name": "id", "type": "Text", "path": "_id"},
+            {"name": "name", "type": "Text", "path": "name"},
+            {"name": "qty", "type": "Integer", "path": "qty"},
+            {"name": "owner", "type": "Text", "path": "owner"},
+            {"name": "at", "type": "Text", "path": "at"},
+            {"name": "city", "type": "Text", "path": "address.city"},
+            {"name": "nick", "type": "Text", "path": "nick"}
+        ]
+    })
+}
+
+/// A project directory: built-in plugins, the shared compile cache,
+/// `sources` and `entities` as TOML.
+fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir plugins");
+    let config = dir.path().join("emcachers.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[api]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins]\ndir = {plugins:?}\ncache_dir = {cache:?}\nwatch = false\n{extra}\n",
+            data = dir.path().join("data").display().to_string(),
+            plugins = plugins.display().to_string(),
+            cache = plugin_cache_dir().display().to_string(),
+        ),
+    )
+    .expect("write config");
+    (dir, config)
+}
+
+fn mongo_source(name: &str, uri: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[[sources]]\nkind = \"mongo\"\nname = \"{name}\"\nuri = \"{uri}\"\ndatabase = \"{DB}\"\n\
+         full_document = \"{mode}\"\n{extra}\n"
+    )
+}
+
+fn items_entity(name: &str, source: &str) -> String {
+    format!(
+        "[[entities]]\nname = \"{name}\"\nplugin = \"shape\"\nsource = \"{source}\"\n\
+         collection = \"items\"\nconfig = {}\n",
+        toml_inline(&items_shape())
+    )
+}
+
+/// A JSON value as an inline TOML value.
+fn toml_inline(value: &Value) -> String {
+    match value {
+        Value::Object(map) => format!(
+            "{{ {} }}",
+            map.iter()
+                .map(|(k, v)| format!("{k:?} = {}", toml_inline(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_inline).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+async fn client(mongo: &MongoServer) -> mongodb::Client {
+    mongodb::Client::with_uri_str(mongo.uri())
+        .await
+        .expect("mongodb client")
+}
+
+/// Read a value with `read` every 20 ms until `done` holds for it or
+/// [`WAIT`] passes; returns whether it held, and the last value.
+async fn poll<T, F, Fut>(mut read: F, done: impl Fn(&T) -> bool) -> (bool, T)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = read().await;
+        if done(&value) {
+            return (true, value);
+        }
+        if Instant::now() >= deadline {
+            return (false, value);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_node(config: &Path) -> Node {
+    let mut node = Node::open(Config::load(Some(config)).expect("config"))
+        .await
+        .expect("open node");
+    node.start().await.expect("start node");
+    node
+}
+
+async fn wait_for_position(node: &Node, source: &str) -> String {
+    let (found, position) = poll(
+        || async { node.store.source_position(source).await.expect("position") },
+        Option::is_some,
+    )
+    .await;
+    assert!(found, "source {source} never saved a position");
+    position.unwrap_or_default()
+}
+
+async fn entity_log(node: &Node, entity: &str) -> Vec<OplogEntry> {
+    node.store
+        .read_log(0, 100_000)
+        .await
+        .expect("read log")
+        .into_iter()
+        .filter(|e| e.entity == entity)
+        .collect()
+}
+
+/// The cache rows of an `items` entity, by id: (name, qty, owner, at, city, nick).
+type ItemRow = (
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn cache_rows(data: &Path, entity: &str) -> Option<BTreeMap<String, ItemRow>> {
+    let path = data.join(format!("dbs/{entity}/db.sqlite"));
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT id, name, qty, owner, at, city, nick FROM \"{entity}\""
+        ))
+        .ok()?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ),
+            ))
+        })
+        .ok()?
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .ok()?;
+    Some(rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_lands_in_the_oplog_and_the_cache_in_both_update_modes() {
+    let mongo = MongoServer::start();
+    let (dir, config) = project(&format!(
+        "{}{}{}{}",
+        mongo_source(
+            "mongo_d",
+            &mongo.uri(),
+            "default",
+            "collections = [\"items\"]"
+        ),
+        mongo_source("mongo_u", &mongo.uri(), "updateLookup", ""),
+        items_entity("items_d", "mongo_d"),
+        items_entity("items_u", "mongo_u"),
+    ));
+    let node = start_node(&config).await;
+    wait_for_position(&node, "mongo_d").await;
+    wait_for_position(&node, "mongo_u").await;
+
+    let client = client(&mongo).await;
+    let items = client.database(DB).collection::<Document>("items");
+    let oid = ObjectId::parse_str("65f0a1b2c3d4e5f601234567").unwrap();
+    let owner = ObjectId::parse_str("0123456789abcdef01234567").unwrap();
+    let at = DateTime::from_millis(1_700_000_000_123);
+    items
+        .insert_one(
+            doc! {"_id": oid, "name": "a", "qty": 1_i32, "owner": owner, "at": at,
+            "address": {"city": "Oslo"}, "nick": "n"},
+        )
+        .await
+        .unwrap();
+    items
+        .insert_one(doc! {"_id": "s2", "name": "b", "qty": 2_i64})
+        .await
+        .unwrap();
+    items
+        .update_one(
+            doc! {"_id": oid},
+            doc! {"$set": {"address.city": "Bergen", "qty": 5_i32}, "$unset": {"nick": ""}},
+        )
+        .await
+        .unwrap();
+    items
+        .replace_one(doc! {"_id": "s2"}, doc! {"name": "b2", "qty": 20_i32})
+        .await
+        .unwrap();
+    items
+        .insert_one(doc! {"_id": 3_i32, "name": "c"})
+        .await
+        .unwrap();
+    items.delete_one(doc! {"_id": 3_i32}).await.unwrap();
+    items
+        .update_one(doc! {"_id": oid}, doc! {"$inc": {"qty": 1_i32}})
+        .await
+        .unwrap();
+    // Not routed: filtered by the `$match` of mongo_d, counted unrouted by mongo_u.
+    client
+        .database(DB)
+        .collection::<Document>("other")
+        .insert_one(doc! {"x": 1_i32})
+        .await
+        .unwrap();
+
+    let oid_hex = oid.to_hex();
+    let expected_ops = vec![
+        (oid_hex.clone(), Op::Upsert),
+        ("s2".to_owned(), Op::Upsert),
+        (oid_hex.clone(), Op::Upsert),
+        ("s2".to_owned(), Op::Upsert),
+        ("3".to_owned(), Op::Upsert),
+        ("3".to_owned(), Op::Delete),
+        (oid_hex.clone(), Op::Upsert),
+    ];
+    let mut expected_rows = BTreeMap::new();
+    expected_rows.insert(
+        oid_hex.clone(),
+        (
+            Some("a".to_owned()),
+            Some(6),
+            Some(owner.to_hex()),
+            Some("2023-11-14T22:13:20.123Z".to_owned()),
+            Some("Bergen".to_owned()),
+            None,
+        ),
+    );
+    expected_rows.insert(
+        "s2".to_owned(),
+        (Some("b2".to_owned()), Some(20), None, None, None, None),
+    );
+    let data = dir.path().join("data");
+    for entity in ["items_d", "items_u"] {
+        let (complete, log) = poll(
+            || entity_log(&node, entity),
+            |log| log.len() >= expected_ops.len(),
+        )
+        .await;
+        assert!(
+            complete,
+            "{entity}: the oplog got {} rows: {log:?}",
+            log.len()
+        );
+        let ops: Vec<(String, Op)> = log.iter().map(|e| (e.doc_id.clone(), e.op)).collect();
+        assert_eq!(ops, expected_ops, "{entity}: one row per event, in order");
+        // The partial update (default mode) merged onto the current row:
+        // city replaced through its dotted path, nick removed.
+        let third: Value = serde_json::from_str(log[2].data.as_deref().unwrap()).unwrap();
+        assert_eq!(third["city"], "Bergen", "{entity}: {third}");
+        if entity == "items_d" {
+            // With updateLookup the document is looked up when the event is
+            // read, so it may already hold the later `$inc`.
+            assert_eq!(third["qty"], 5, "{entity}: {third}");
+        }
+        assert_eq!(third["nick"], Value::Null, "{entity}: {third}");
+        assert_eq!(third["name"], "a", "{entity}: {third}");
+        assert_eq!(third["owner"], owner.to_hex(), "{entity}: {third}");
+
+        let mut rows = None;
+        let cached = wait_until(WAIT, || {
+            rows = cache_rows(&data, entity);
+            rows.as_ref() == Some(&expected_rows)
+        });
+        assert!(
+            cached,
+            "{entity}: cache {rows:?}, expected {expected_rows:?}"
+        );
+    }
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Run `source` from `position` until `count` changes arrived (or, with
+/// `count` 0, until the first batch); returns the changes and the last
+/// position.
+async fn read_changes(
+    config: &MongoSourceConfig,
+    position: Option<String>,
+    count: usize,
+) -> (Vec<Change>, Option<String>) {
+    let mut source = MongoSource::new(config.clone(), 100, None);
+    let (tx, mut rx) = mpsc::channel::<SourceBatch>(16);
+    let cancel = CancellationToken::new();
+    let task = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { source.run(position, tx, cancel).await })
+    };
+    let mut changes = Vec::new();
+    let mut last = None;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let batch = tokio::time::timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} changes: {changes:?}", changes.len()))
+            .expect("the source stopped");
+        last = batch.position.or(last);
+        changes.extend(batch.changes);
+        if changes.len() >= count {
+            break;
+        }
+    }
+    cancel.cancel();
+    task.await.expect("join").expect("the source ended cleanly");
+    (changes, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_lookup_of_a_deleted_document_is_a_partial() {
+    let mongo = MongoServer::start();
+    let mut config = MongoSourceConfig {
+        name: "m".into(),
+        uri: mongo.uri(),
+        database: DB.into(),
+        collections: Some(vec!["items".into()]),
+        full_document: FullDocument::UpdateLookup,
+        token_persist_ms: 10_000,
+    };
+    // Without a position the source saves the stream's first token at once.
+    let (none, start) = read_changes(&config, None, 0).await;
+    assert!(none.is_empty());
+    let start = start.expect("a first token");
+
+    let client = client(&mongo).await;
+    let items = client.database(DB).collection::<Document>("items");
+    items
+        .insert_one(doc! {"_id": 1_i32, "a": 1_i32, "b": 1_i32})
+        .await
+        .unwrap();
+    items
+        .update_one(
+            doc! {"_id": 1_i32},
+            doc! {"$set": {"a": 2_i32}, "$unset": {"b": ""}},
+        )
+        .await
+        .unwrap();
+    items.delete_one(doc! {"_id": 1_i32}).await.unwrap();
+
+    // The events are read after the delete: the lookup finds nothing
+    // (`fullDocument: null`, as mongod does), so the update is the same
+    // partial change as without lookup.
+    for mode in [FullDocument::UpdateLookup, FullDocument::Default] {
+        config.full_document = mode;
+        let (changes, _) = read_changes(&config, Some(start.clone()), 3).await;
+        let seen: Vec<(ChangeOp, String, Option<Value>)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.op,
+                    c.id.clone(),
+                    c.document
+                        .as_deref()
+                        .map(|d| serde_json::from_str(d).unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    ChangeOp::Upsert,
+                    "1".into(),
+                    Some(json!({"_id": 1, "a": 1, "b": 1}))
+                ),
+                (
+                    ChangeOp::Partial,
+                    "1".into(),
+                    Some(json!({"a": 2, "b": null}))
+                ),
+                (ChangeOp::Delete, "1".into(), None),
+            ],
+            "{mode:?}"
+        );
+    }
+}
+
+async fn fail_point(client: &mongodb::Client, code: i32, labels: &[&str]) {
+    client
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1_i32},
+            "data": {"failCommands": ["getMore"], "errorCode": code, "errorLabels": labels},
+        })
+        .await
+        .expect("configureFailPoint");
+}
+
+async fn insert_items(items: &mongodb::Collection<Document>, range: std::ops::Range<i32>) {
+    for i in range {
+        items
+            .insert_one(doc! {"_id": format!("i{i:03}"), "name": format!("n{i}"), "qty": i})
+            .await
+            .unwrap();
+    }
+}
+
+/// Every doc id of the entity's log appears once (inserts only).
+async fn assert_log_is(node: &Node, count: usize) {
+    let (done, log) = poll(|| entity_log(node, "items"), |log| log.len() >= count).await;
+    assert!(done, "{} of {count} rows", log.len());
+    let mut ids: Vec<&str> = log.iter().map(|e| e.doc_id.as_str()).collect();
+    assert_eq!(ids.len(), count, "no row twice: {ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "no row twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_failpoint_resumes_and_a_lost_history_stops_the_source() {
+    let mongo = MongoServer::start();
+    let (_dir, config) = project(&format!(
+        "{}{}",
+        mongo_source(
+            "mongo",
+            &mongo.uri(),
+            "default",
+            "collections = [\"items\"]"
+        ),
+        items_entity("items", "mongo"),
+    ));
+    let node = start_node(&config).await;
+    wait_for_position(&node, "mongo").await;
+    let client = client(&mongo).await;
+    let items = client.database(DB).collection::<Document>("items");
+    insert_items(&items, 0..5).await;
+    assert_log_is(&node, 5).await;
+
+    // A resumable error on getMore: the driver resumes by itself, nothing
+    // is lost or repeated, the source never stops.
+    fail_point(&client, 6, &["ResumableChangeStreamError"]).await;
+    insert_items(&items, 5..10).await;
+    assert_log_is(&node, 10).await;
+    let state = node.jobs.states().snapshot()["source:mongo"].clone();
+    assert_eq!((state.restarts, state.failures), (0, 0), "{state:?}");
+
+    // ChangeStreamHistoryLost: the source stops with the error saying so
+    // (the task state shows it; /health reads the same states).
+    fail_point(&client, 286, &[]).await;
+    insert_items(&items, 10..15).await;
+    let (stopped, state) = poll(
+        || async { node.jobs.states().snapshot().get("source:mongo").cloned() },
+        |state| state.as_ref().is_some_and(|s| s.failures >= 1),
+    )
+    .await;
+    assert!(stopped, "the source did not stop: {state:?}");
+    let failure = state.and_then(|s| s.last_failure).unwrap_or_default();
+    assert!(
+        failure.contains("history lost") && failure.contains("286") && failure.contains("mongo"),
+        "{failure}"
+    );
+    // The fail point fired once: the restarted source resumes from its
+    // committed token (against mongod, a really lost history fails again
+    // with 286 on every restart, until the snapshot slice re-snapshots).
+    assert_log_is(&node, 15).await;
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_streams_saved_token_advances() {
+    let mongo = MongoServer::start();
+    let (_dir, config) = project(&format!(
+        "{}{}",
+        mongo_source(
+            "mongo",
+            &mongo.uri(),
+            "default",
+            "collections = [\"items\"]\ntoken_persist_ms = 100"
+        ),
+        items_entity("items", "mongo"),
+    ));
+    let node = start_node(&config).await;
+    let mut position = wait_for_position(&node, "mongo").await;
+    let client = client(&mongo).await;
+    let other = client.database(DB).collection::<Document>("other");
+    for round in 0..2 {
+        // Writes to a collection the stream filters out: no event, but the
+        // server's postBatchResumeToken moves past them.
+        other.insert_one(doc! {"round": round}).await.unwrap();
+        let before = position.clone();
+        let (advanced, now) = poll(
+            || async {
+                node.store
+                    .source_position("mongo")
+                    .await
+                    .expect("position")
+                    .unwrap_or_default()
+            },
+            |now| *now != before,
+        )
+        .await;
+        assert!(advanced, "round {round}: the token stayed {before}");
+        position = now;
+    }
+    assert!(entity_log(&node, "items").await.is_empty());
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Kills the child on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_binary(config: &Path, log: &Path) -> ChildGuard {
+    ChildGuard(
+        Command::new(emcachers_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,emcachers=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("start emcachers"),
+    )
+}
+
+fn oplog_count(data: &Path, entity: &str) -> Option<i64> {
+    let conn =
+        Connection::open_with_flags(data.join("oplog.sqlite"), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row(
+        "SELECT count(*) FROM oplog WHERE entity = ?1",
+        [entity],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+fn saved_position(data: &Path) -> Option<String> {
+    let conn =
+        Connection::open_with_flags(data.join("oplog.sqlite"), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row(
+        "SELECT position FROM source_positions WHERE source = 'mongo'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_emcachers_while_documents_change_loses_and_repeats_nothing() {
+    let mongo = MongoServer::start();
+    let (dir, config) = project(&format!(
+        "{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", ""),
+        items_entity("items", "mongo"),
+    ));
+    let data = dir.path().join("data");
+    let first_log = dir.path().join("first.log");
+    let mut running = run_binary(&config, &first_log);
+    let saved = wait_until(WAIT, || saved_position(&data).is_some());
+    assert!(
+        saved,
+        "no position saved:\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default()
+    );
+
+    let client = client(&mongo).await;
+    let items = client.database(DB).collection::<Document>("items");
+    // Inserts, updates and deletes; every call is exactly one event.
+    let mut events = 0i64;
+    let mut live: Vec<i32> = Vec::new();
+    let second_log = dir.path().join("second.log");
+    for i in 0..450 {
+        let target = live.len().checked_sub(2).map(|at| live[at]);
+        match (i % 5, target) {
+            (3, Some(t)) => {
+                items
+                    .update_one(
+                        doc! {"_id": t},
+                        doc! {"$inc": {"qty": 1_i32}, "$set": {"name": format!("u{i}")}},
+                    )
+                    .await
+                    .unwrap();
+            }
+            (4, Some(t)) => {
+                items.delete_one(doc! {"_id": t}).await.unwrap();
+                live.retain(|x| *x != t);
+            }
+            _ => {
+                items
+                    .insert_one(doc! {"_id": i, "name": format!("n{i}"), "qty": i})
+                    .await
+                    .unwrap();
+                live.push(i);
+            }
+        }
+        events += 1;
+        if i == 150 {
+            // Killed while documents keep changing (the writes go on while
+            // it is down).
+            running.0.kill().expect("kill -9");
+            let _ = running.0.wait();
+        }
+        if i == 300 {
+            running = run_binary(&config, &second_log);
+        }
+    }
+
+    // The cache equals the collection, and each event made exactly one row.
+    let mut expected = BTreeMap::new();
+    let mut cursor = items.find(doc! {}).await.unwrap();
+    while cursor.advance().await.unwrap() {
+        let doc = cursor.deserialize_current().unwrap();
+        let id = doc.get_i32("_id").unwrap();
+        expected.insert(
+            id.to_string(),
+            (
+                Some(doc.get_str("name").unwrap().to_owned()),
+                Some(i64::from(doc.get_i32("qty").unwrap())),
+                None,
+                None,
+                None,
+                None,
+            ),
+        );
+    }
+    let mut rows = None;
+    let converged = wait_until(WAIT, || {
+        rows = cache_rows(&data, "items");
+        rows.as_ref() == Some(&expected)
+    });
+    let log = || std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert!(
+        converged,
+        "cache {} rows, collection {} rows\n{}",
+        rows.as_ref().map_or(0, BTreeMap::len),
+        expected.len(),
+        log()
+    );
+    assert_eq!(
+        oplog_count(&data, "items"),
+        Some(events),
+        "one oplog row per event: none lost, none twice\n{}",
+        log()
+    );
+    drop(running);
+}
