@@ -1199,6 +1199,10 @@ impl MongoProcess {
                 "--storage-path",
             ])
             .arg(storage)
+            // `configureFailPoint` (off by default, as in mongod, where
+            // `enableTestCommands` turns it on); a small storage cache, as
+            // tests run several servers at once.
+            .args(["--enable-test-commands", "--cache-size", "128M"])
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
@@ -1247,7 +1251,8 @@ fn mongo_uri(port: u16) -> String {
 /// ([`SECANTUS_VERSION`], `secantusd-py` from `target/mongo-venv`), a child
 /// of the test process on `127.0.0.1` at a free port, storing in a
 /// temporary directory. It advertises itself as a replica-set primary, so
-/// change streams work. Dropping it kills it and removes the directory.
+/// change streams work, and runs with `--enable-test-commands`
+/// (`configureFailPoint`). Dropping it kills it and removes the directory.
 ///
 /// [`MongoServer::kill9`] and [`MongoServer::start_again`] take `&self`, so
 /// a test can crash and restart the server (same port, same storage) while
