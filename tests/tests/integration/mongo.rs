@@ -553,6 +553,52 @@ async fn an_idle_streams_saved_token_advances() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_routed_collection_stops_the_source_after_the_changes_before_it() {
+    let mongo = MongoServer::start();
+    let (_dir, config) = project(&format!(
+        "{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", ""),
+        items_entity("items", "mongo"),
+    ));
+    let node = start_node(&config).await;
+    wait_for_position(&node, "mongo").await;
+    let client = client(&mongo).await;
+    let db = client.database(DB);
+    // A drop of a collection no entity routes is skipped.
+    db.collection::<Document>("scratch")
+        .insert_one(doc! {"x": 1_i32})
+        .await
+        .unwrap();
+    db.collection::<Document>("scratch").drop().await.unwrap();
+    let items = db.collection::<Document>("items");
+    insert_items(&items, 0..3).await;
+    items.drop().await.unwrap();
+    let (stopped, state) = poll(
+        || async { node.jobs.states().snapshot().get("source:mongo").cloned() },
+        |state| state.as_ref().is_some_and(|s| s.failures >= 1),
+    )
+    .await;
+    assert!(stopped, "the source did not stop: {state:?}");
+    let failure = state.and_then(|s| s.last_failure).unwrap_or_default();
+    assert!(
+        failure.contains("app.items") && failure.contains("drop event"),
+        "{failure}"
+    );
+    // The inserts before the drop were committed; the drop never is, so
+    // each restart meets it again instead of going on stale.
+    assert_log_is(&node, 3).await;
+    let position = node.store.source_position("mongo").await.unwrap();
+    let (again, _) = poll(
+        || async { node.jobs.states().snapshot().get("source:mongo").cloned() },
+        |state| state.as_ref().is_some_and(|s| s.failures >= 2),
+    )
+    .await;
+    assert!(again, "the restarted source stops at the drop again");
+    assert_eq!(node.store.source_position("mongo").await.unwrap(), position);
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Kills the child on drop.
 struct ChildGuard(Child);
 
@@ -657,6 +703,10 @@ async fn kill_9_of_emcachers_while_documents_change_loses_and_repeats_nothing() 
             // it is down).
             running.0.kill().expect("kill -9");
             let _ = running.0.wait();
+            eprintln!(
+                "killed after {events} events with {:?} oplog rows committed",
+                oplog_count(&data, "items")
+            );
         }
         if i == 300 {
             running = run_binary(&config, &second_log);

@@ -123,7 +123,8 @@ mod tests {
     #[test]
     fn checks_name_the_key() {
         assert_eq!(config().check(), Ok(()));
-        let cases: [(fn(&mut MongoSourceConfig), &str); 5] = [
+        type Edit = fn(&mut MongoSourceConfig);
+        let cases: [(Edit, &str); 5] = [
             (|c| c.uri = " ".into(), "sources.uri"),
             (|c| c.uri = "http://x".into(), "sources.uri"),
             (|c| c.database = String::new(), "sources.database"),

@@ -64,20 +64,21 @@ pub fn convert(
             current: None,
         })
     };
-    let id = || -> Result<String, Converted> {
+    // The stop message when the event has no `documentKey._id`.
+    let id = || -> Result<String, String> {
         match event.document_key.as_ref().and_then(|key| key.get("_id")) {
             Some(id) => Ok(id_string(id)),
-            None => Err(Converted::Stop(format!(
+            None => Err(format!(
                 "{} event on {database}.{collection} has no documentKey._id",
                 name(&op)
-            ))),
+            )),
         }
     };
     match &event.operation_type {
         OperationType::Insert | OperationType::Replace => {
             let id = match id() {
                 Ok(id) => id,
-                Err(stop) => return stop,
+                Err(why) => return Converted::Stop(why),
             };
             match &event.full_document {
                 Some(doc) => change(ChangeOp::Upsert, id, Some(document_text(doc))),
@@ -89,12 +90,12 @@ pub fn convert(
         }
         OperationType::Delete => match id() {
             Ok(id) => change(ChangeOp::Delete, id, None),
-            Err(stop) => stop,
+            Err(why) => Converted::Stop(why),
         },
         OperationType::Update => {
             let id = match id() {
                 Ok(id) => id,
-                Err(stop) => return stop,
+                Err(why) => return Converted::Stop(why),
             };
             if mode == FullDocument::UpdateLookup
                 && let Some(doc) = &event.full_document

@@ -297,18 +297,18 @@ impl MongoSource {
                         }
                     }
                     token = Some(stream.resume_token().unwrap_or(event_token));
-                    if pending.len() >= self.batch_max || pending_since.elapsed() >= BATCH_DELAY {
-                        if let Some(after) = &token {
-                            let text = self.token_text(after)?;
-                            if !self
-                                .send(&out, &cancel, std::mem::take(&mut pending), text.clone())
-                                .await?
-                            {
-                                return Ok(());
-                            }
-                            saved = Some(text);
-                            saved_at = Instant::now();
+                    if (pending.len() >= self.batch_max || pending_since.elapsed() >= BATCH_DELAY)
+                        && let Some(after) = &token
+                    {
+                        let text = self.token_text(after)?;
+                        if !self
+                            .send(&out, &cancel, std::mem::take(&mut pending), text.clone())
+                            .await?
+                        {
+                            return Ok(());
                         }
+                        saved = Some(text);
+                        saved_at = Instant::now();
                     }
                 }
                 Ok(None) if !stream.is_alive() => {
