@@ -532,7 +532,10 @@ async fn an_idle_streams_saved_token_advances() {
     let other = client.database(DB).collection::<Document>("other");
     for round in 0..2 {
         // Writes to a collection the stream filters out: no event, but the
-        // server's postBatchResumeToken moves past them.
+        // server's postBatchResumeToken moves past them. (mongod also moves
+        // it on a quiet replica set, by its periodic no-op oplog writes every
+        // 10 s; SecantusDB only with `--noop-heartbeat-seconds`, off by
+        // default, so this test writes instead of waiting.)
         other.insert_one(doc! {"round": round}).await.unwrap();
         let before = position.clone();
         let (advanced, now) = poll(

@@ -37,7 +37,7 @@
 //! # Failures
 //!
 //! The driver resumes once by itself on resumable errors. One that still
-//! reaches the source ([`errors::ErrorClass::Resumable`]) is retried by
+//! reaches the source (`errors::ErrorClass::Resumable`) is retried by
 //! reopening the stream from the last token, with backoff
 //! ([`crate::ingest::retry::Backoff`]), at most [`MAX_REOPENS`] times in a
 //! row; then the source stops and its supervisor restarts it from the
