@@ -87,6 +87,17 @@ pub struct Config {
     pub batch: Option<SeedBatch>,
 }
 
+/// The database a MongoDB connection string names in its path
+/// (`mongodb://u:p@host:27017/app?replicaSet=rs0` → `app`).
+fn mongo_database_of(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("mongodb://")
+        .or_else(|| url.strip_prefix("mongodb+srv://"))?;
+    let (_, path) = rest.split_once('/')?;
+    let database = path.split('?').next().unwrap_or_default();
+    (!database.is_empty()).then(|| database.to_owned())
+}
+
 /// Seed 004's `[server]`: `api.listen = "{host}:{port}"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -515,12 +526,30 @@ impl Config {
         Ok(())
     }
 
-    /// Seed 004's `[database] mongodb_url`: a MongoDB source named `mongo`.
-    fn add_seed_mongo_source(&mut self, _url: &str) -> Result<(), ConfigError> {
-        Err(ConfigError::Value {
+    /// Seed 004's `[database] mongodb_url`: a MongoDB source named `mongo`
+    /// reading the database the URL's path names (`mongodb://host/app`),
+    /// with the defaults of `[[sources]] kind = "mongo"`.
+    fn add_seed_mongo_source(&mut self, url: &str) -> Result<(), ConfigError> {
+        let problem = |reason: &str| ConfigError::Value {
             key: "database.mongodb_url",
-            reason: "this build has no MongoDB source".into(),
-        })
+            reason: reason.to_owned(),
+        };
+        if self.sources.iter().any(|s| s.name() == "mongo") {
+            return Err(problem(
+                "a source named mongo is declared too: give one of them",
+            ));
+        }
+        let database = mongo_database_of(url)
+            .ok_or_else(|| problem("names no database: mongodb://host:27017/{database}"))?;
+        self.sources.push(SourceConfig::Mongo(MongoSourceConfig {
+            name: "mongo".into(),
+            uri: url.to_owned(),
+            database,
+            collections: None,
+            full_document: crate::sources::mongo::FullDocument::default(),
+            token_persist_ms: 10_000,
+        }));
+        Ok(())
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -622,6 +651,46 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_004_mongodb_url_is_a_source_named_mongo() {
+        let config = Config::from_toml(
+            "[database]\nmongodb_url = \"mongodb://u:p@db:27017/myapp?replicaSet=rs0\"\n",
+        )
+        .expect("parses");
+        let Some(SourceConfig::Mongo(source)) = config.sources.first() else {
+            panic!("a mongo source: {:?}", config.sources);
+        };
+        assert_eq!(
+            (source.name.as_str(), source.database.as_str()),
+            ("mongo", "myapp")
+        );
+        assert_eq!(mongo_database_of("mongodb://h:1/?x=1"), None);
+        let none = Config::from_toml("[database]\nmongodb_url = \"mongodb://h:1\"\n");
+        assert!(matches!(
+            none,
+            Err(ConfigError::Value {
+                key: "database.mongodb_url",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_shipped_templates_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in ["config.toml.template", "examples/mongo/emcachers.toml"] {
+            let text = std::fs::read_to_string(root.join(file)).expect("the file");
+            let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(
+                config
+                    .sources
+                    .iter()
+                    .any(|s| matches!(s, SourceConfig::Mongo(_))),
+                "{file} reads MongoDB"
+            );
+        }
+    }
 
     #[test]
     fn seed_004_keys_drive_the_settings_they_name() {
