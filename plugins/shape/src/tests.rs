@@ -713,8 +713,38 @@ fn example_files() {
     );
 }
 
+/// Whether `serde_json` keeps object keys in insertion order in this build:
+/// its `preserve_order` feature, which another crate of the workspace (the
+/// host's `bson`) turns on for native test builds. Plugins built for wasm
+/// sort keys, and then both paths give the same text.
+fn maps_keep_insertion_order() -> bool {
+    let mut map = serde_json::Map::new();
+    map.insert("b".into(), serde_json::Value::Null);
+    map.insert("a".into(), serde_json::Value::Null);
+    map.keys().next().map(String::as_str) == Some("b")
+}
+
+/// Rows with their data as JSON values (key order aside).
+type RowValues = Vec<(String, String, RowOp, serde_json::Value)>;
+
+fn as_values<E>(shaped: Result<RawShaped, E>) -> Result<(RowValues, Option<String>), E> {
+    shaped.map(|shaped| {
+        let rows = shaped
+            .rows
+            .into_iter()
+            .map(|row| {
+                let data = serde_json::from_str(&row.data).unwrap_or(serde_json::Value::Null);
+                (row.entity, row.id, row.op, data)
+            })
+            .collect();
+        (rows, shaped.complete_set)
+    })
+}
+
 /// Upserts take the sparse path of `shape_raw`; it gives the same text and
-/// the same errors as parsing the whole change and calling `shape`.
+/// the same errors as parsing the whole change and calling `shape` (the
+/// same fields and values when this build keeps key order, see
+/// [`maps_keep_insertion_order`]).
 #[test]
 fn raw_upserts_match_the_parsed_path() {
     let mut plugin = ShapePlugin::default();
@@ -764,7 +794,12 @@ fn raw_upserts_match_the_parsed_path() {
                 } else {
                     outcomes.1 += 1;
                 }
-                assert_eq!(plugin.shape_raw(entity, raw), expected, "{entity} {n} {id}");
+                let got = plugin.shape_raw(entity, raw);
+                if maps_keep_insertion_order() {
+                    assert_eq!(as_values(got), as_values(expected), "{entity} {n} {id}");
+                } else {
+                    assert_eq!(got, expected, "{entity} {n} {id}");
+                }
             }
         }
     }
