@@ -53,7 +53,7 @@
 pub mod bson;
 pub mod config;
 mod errors;
-mod events;
+pub mod events;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
