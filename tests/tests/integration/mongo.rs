@@ -363,6 +363,7 @@ async fn update_lookup_of_a_deleted_document_is_a_partial() {
         collections: Some(vec!["items".into()]),
         full_document: FullDocument::UpdateLookup,
         token_persist_ms: 10_000,
+        scan_chunk: 1000,
     };
     // Without a position the source saves the stream's first token at once.
     let (none, start) = read_changes(&config, None, 0).await;
