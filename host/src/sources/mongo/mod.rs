@@ -127,7 +127,7 @@ pub use scan::{ScanReport, ScanStatus};
 use super::{Source, SourceBatch, SourceError};
 use crate::ingest::load::{LoadEnd, SnapshotLoad};
 use crate::ingest::retry::Backoff;
-use crate::model::Change;
+use crate::model::{Change, ChangeOp};
 
 /// The longest a change waits for more changes to join its batch while
 /// events keep arriving.
@@ -748,6 +748,44 @@ impl Run<'_> {
         self.send(batch, token).await
     }
 
+    /// A partial change of a collection being scanned becomes an upsert of
+    /// the document looked up now (or nothing when it is gone: its delete
+    /// follows in the stream): the scan may have read the document before
+    /// the update but not committed it yet, so the partial would have no
+    /// row to merge onto. Later events apply on top of the looked-up
+    /// document, as with `full_document = "updateLookup"`.
+    async fn during_scan(
+        &self,
+        mut change: Change,
+        key: Option<mongodb::bson::Bson>,
+    ) -> Result<Option<Change>, SourceError> {
+        let scanning = self.load.as_ref().is_some_and(|l| {
+            l.snapshot
+                .collections()
+                .iter()
+                .any(|c| *c == change.collection)
+        });
+        let Some(id) = key.filter(|_| scanning && change.op == ChangeOp::Partial) else {
+            return Ok(Some(change));
+        };
+        let found = self
+            .db
+            .collection::<Document>(&change.collection)
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(|e| {
+                self.src.error(format!(
+                    "looking up {}.{} id {} during a snapshot: {e}",
+                    self.src.config.database, change.collection, change.id
+                ))
+            })?;
+        Ok(found.map(|doc| {
+            change.op = ChangeOp::Upsert;
+            change.document = Some(bson::document_text(&doc));
+            change
+        }))
+    }
+
     /// After a lost history: a new stream from now and a snapshot of every
     /// routed collection. `None` when cancelled.
     async fn after_lost_history(
@@ -788,6 +826,11 @@ impl Run<'_> {
                 Ok(Some(event)) => {
                     backoff = Backoff::default();
                     let event_token = event.id.clone();
+                    let key = event
+                        .document_key
+                        .as_ref()
+                        .and_then(|k| k.get("_id"))
+                        .cloned();
                     match events::convert(
                         &src.config.name,
                         event,
@@ -795,10 +838,12 @@ impl Run<'_> {
                         &is_routed,
                     ) {
                         Converted::Change(change) => {
-                            if self.pending.is_empty() {
-                                self.pending_since = Instant::now();
+                            if let Some(change) = self.during_scan(change, key).await? {
+                                if self.pending.is_empty() {
+                                    self.pending_since = Instant::now();
+                                }
+                                self.pending.push(change);
                             }
-                            self.pending.push(change);
                         }
                         Converted::Skip(what) => {
                             tracing::info!(event = %what, "change stream event skipped");
