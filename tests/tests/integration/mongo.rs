@@ -508,7 +508,7 @@ async fn a_resumable_failpoint_resumes_and_a_lost_history_resnapshots() {
     )
     .await;
     assert!(resnapshotted, "no re-snapshot: {} rows", log.len());
-    let expected: BTreeMap<String, (Option<String>, Option<i64>)> = (1..15)
+    let expected: NameQty = (1..15)
         .map(|i| {
             (
                 format!("i{i:03}"),
@@ -776,10 +776,11 @@ async fn kill_9_of_emcachers_while_documents_change_loses_and_repeats_nothing() 
     drop(running);
 }
 
+/// (name, qty) by row id.
+type NameQty = BTreeMap<String, (Option<String>, Option<i64>)>;
+
 /// The (name, qty) of cache rows, by id.
-fn name_qty(
-    rows: &Option<BTreeMap<String, ItemRow>>,
-) -> Option<BTreeMap<String, (Option<String>, Option<i64>)>> {
+fn name_qty(rows: &Option<BTreeMap<String, ItemRow>>) -> Option<NameQty> {
     rows.as_ref().map(|rows| {
         rows.iter()
             .map(|(id, row)| (id.clone(), (row.0.clone(), row.1)))
@@ -789,9 +790,7 @@ fn name_qty(
 
 /// The (name, qty) of every document of a collection, by id (`_id` as the
 /// row id: an int or a string).
-async fn collection_name_qty(
-    collection: &mongodb::Collection<Document>,
-) -> BTreeMap<String, (Option<String>, Option<i64>)> {
+async fn collection_name_qty(collection: &mongodb::Collection<Document>) -> NameQty {
     let mut out = BTreeMap::new();
     let mut cursor = collection.find(doc! {}).await.unwrap();
     while cursor.advance().await.unwrap() {

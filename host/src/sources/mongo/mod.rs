@@ -40,7 +40,11 @@
 //!    `scan_chunk` documents at a time (`find({_id: {$gt: last}})`, sorted
 //!    by `_id`); each chunk becomes one page whose position records the
 //!    chunk's last `_id`. The stream keeps running meanwhile (its batches
-//!    are committed as usual, the scanning entities' rows staged).
+//!    are committed as usual, the scanning entities' rows staged). An
+//!    update event of a collection being scanned becomes an upsert of the
+//!    document looked up by `_id` (nothing when it is gone): the scan may
+//!    have read the document before the update without committing it yet,
+//!    so a partial change would have no row to merge onto.
 //! 3. Once the scan is done, the source waits until the stream has passed
 //!    the snapshot's end (a `getMore` issued after the scan finished came
 //!    back empty: every change before the end has been read), then sends
@@ -759,12 +763,10 @@ impl Run<'_> {
         mut change: Change,
         key: Option<mongodb::bson::Bson>,
     ) -> Result<Option<Change>, SourceError> {
-        let scanning = self.load.as_ref().is_some_and(|l| {
-            l.snapshot
-                .collections()
-                .iter()
-                .any(|c| *c == change.collection)
-        });
+        let scanning = self
+            .load
+            .as_ref()
+            .is_some_and(|l| l.snapshot.collections().contains(&change.collection));
         let Some(id) = key.filter(|_| scanning && change.op == ChangeOp::Partial) else {
             return Ok(Some(change));
         };
