@@ -646,11 +646,16 @@ fn build_source(
             Box::new(DatastreamSource::new(config.clone(), status)?)
         }
         SourceConfig::Mongo(config) => {
-            // A drop or rename stops the source only when an entity is fed
-            // by the collection.
+            // Only collections an entity is fed by are snapshotted (and
+            // re-snapshotted after a drop or rename).
             let (entities, name) = (entities.clone(), config.name.clone());
-            let routed: crate::sources::mongo::Routed =
-                Arc::new(move |collection: &str| !entities.routes(&name, collection).is_empty());
+            let routed: crate::sources::mongo::Routed = Arc::new(move |collection: &str| {
+                entities
+                    .routes(&name, collection)
+                    .into_iter()
+                    .map(|def| def.name)
+                    .collect()
+            });
             Box::new(MongoSource::new(config.clone(), batch, Some(routed)))
         }
     })

@@ -548,6 +548,7 @@ impl Config {
             collections: None,
             full_document: crate::sources::mongo::FullDocument::default(),
             token_persist_ms: 10_000,
+            scan_chunk: 1000,
         }));
         Ok(())
     }

@@ -12,8 +12,10 @@
 //!    read before a change can never overwrite it.
 //! 2. [`SnapshotLoad::page`] — a batch of snapshot changes (any number, in
 //!    any order, concurrently); they are shaped like any change and their
-//!    rows go straight to the log (`AppendBatch::snapshot`). No position is
-//!    committed while a load runs.
+//!    rows go straight to the log (`AppendBatch::snapshot`). A page made
+//!    with [`SnapshotLoad::page_at`] carries a source position, committed
+//!    in the same transaction as its rows (a resumable scan's progress);
+//!    plain pages commit none.
 //! 3. [`SnapshotLoad::end`] — a batch carrying [`LoadControl::End`] and the
 //!    source position to resume from. [`LoadCoordinator::end`] **evicts**
 //!    ([`LoadCoordinator::evict`]) when the load was complete: the live rows
@@ -32,11 +34,12 @@
 //! - **MongoDB collection scan.** Record the change stream's resume token
 //!   before `begin`; scan in chunks, each chunk a `page` (the stream, opened
 //!   at the token, runs meanwhile and is staged); `end` with the token once
-//!   the scan is done and the stream has passed the snapshot's end. A scan
-//!   resumable after a restart keeps its chunk progress under a new
-//!   [`MetaKey`] variant committed with each page; `begin` already keeps
-//!   the start of a load that is under way, so eviction still covers the
-//!   whole scan. A lost history (error 286) is a new `begin`.
+//!   the scan is done and the stream has passed the snapshot's end. The
+//!   scan is resumable after a restart: its chunk progress is part of the
+//!   source position, committed with each page ([`SnapshotLoad::page_at`]);
+//!   `begin` keeps the start of a load that is under way, so eviction
+//!   still covers the whole scan. A lost history (error 286) is a new
+//!   `begin` (see [`crate::sources::mongo`]).
 //! - **Backfill of a new entity.** The same brackets with the new entity's
 //!   collections: [`LoadCoordinator`] resolves collections to entities, so
 //!   begin, staging, eviction and `finish_load` work per entity; a backfill
@@ -135,6 +138,15 @@ impl SnapshotLoad {
             changes,
             snapshot: true,
             ..SourceBatch::default()
+        }
+    }
+
+    /// A batch of snapshot changes committed with the source `position`
+    /// (e.g. the stream token and the scan's progress), in one transaction.
+    pub fn page_at(&self, changes: Vec<Change>, position: String) -> SourceBatch {
+        SourceBatch {
+            position: Some(position),
+            ..self.page(changes)
         }
     }
 
@@ -319,6 +331,9 @@ mod tests {
 
         let page = load.page(Vec::new());
         assert!(page.snapshot && page.load.is_none() && page.position.is_none());
+        let page = load.page_at(Vec::new(), "p".into());
+        assert!(page.snapshot && page.load.is_none());
+        assert_eq!(page.position.as_deref(), Some("p"));
 
         let end = load.end(LoadEnd {
             complete: true,

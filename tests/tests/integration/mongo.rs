@@ -319,8 +319,8 @@ async fn every_event_type_lands_in_the_oplog_and_the_cache_in_both_update_modes(
 }
 
 /// Run `source` from `position` until `count` changes arrived (or, with
-/// `count` 0, until the first batch); returns the changes and the last
-/// position.
+/// `count` 0, until a position without a scan under way: the initial
+/// snapshot ended); returns the changes and the last position.
 async fn read_changes(
     config: &MongoSourceConfig,
     position: Option<String>,
@@ -344,7 +344,8 @@ async fn read_changes(
             .expect("the source stopped");
         last = batch.position.or(last);
         changes.extend(batch.changes);
-        if changes.len() >= count {
+        let scanning = last.as_deref().is_some_and(|p| p.contains("\"scan\""));
+        if changes.len() >= count && !(count == 0 && scanning) {
             break;
         }
     }
@@ -363,8 +364,10 @@ async fn update_lookup_of_a_deleted_document_is_a_partial() {
         collections: Some(vec!["items".into()]),
         full_document: FullDocument::UpdateLookup,
         token_persist_ms: 10_000,
+        scan_chunk: 1000,
     };
-    // Without a position the source saves the stream's first token at once.
+    // Without a position the source saves the stream's first token at once
+    // (with the snapshot of the empty collection, which ends at once).
     let (none, start) = read_changes(&config, None, 0).await;
     assert!(none.is_empty());
     let start = start.expect("a first token");
@@ -455,7 +458,7 @@ async fn assert_log_is(node: &Node, count: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumable_failpoint_resumes_and_a_lost_history_stops_the_source() {
+async fn a_resumable_failpoint_resumes_and_a_lost_history_resnapshots() {
     let mongo = MongoServer::start();
     let (_dir, config) = project(&format!(
         "{}{}",
@@ -491,25 +494,38 @@ async fn a_resumable_failpoint_resumes_and_a_lost_history_stops_the_source() {
         .await
         .expect("fail point off");
 
-    // ChangeStreamHistoryLost: the source stops with the error saying so
-    // (the task state shows it; /health reads the same states).
+    // ChangeStreamHistoryLost: no longer a stop. The source opens a new
+    // stream and snapshots the collection again; the source never fails.
+    // The document deleted right after the fail point is set is gone from
+    // the cache either way (by its delete event, when read before the
+    // failed getMore, else by the re-snapshot's eviction).
     fail_point(&client, 286, &[]).await;
+    items.delete_one(doc! {"_id": "i000"}).await.unwrap();
     insert_items(&items, 10..15).await;
-    let (stopped, state) = poll(
-        || async { node.jobs.states().snapshot().get("source:mongo").cloned() },
-        |state| state.as_ref().is_some_and(|s| s.failures >= 1),
+    // The re-snapshot writes a snapshot row for every document again: an
+    // untouched document gets a second row.
+    let (resnapshotted, log) = poll(
+        || entity_log(&node, "items"),
+        |log| log.iter().filter(|e| e.doc_id == "i001").count() >= 2,
     )
     .await;
-    assert!(stopped, "the source did not stop: {state:?}");
-    let failure = state.and_then(|s| s.last_failure).unwrap_or_default();
-    assert!(
-        failure.contains("history lost") && failure.contains("286") && failure.contains("mongo"),
-        "{failure}"
-    );
-    // The fail point fired once: the restarted source resumes from its
-    // committed token (against mongod, a really lost history fails again
-    // with 286 on every restart, until the snapshot slice re-snapshots).
-    assert_log_is(&node, 15).await;
+    assert!(resnapshotted, "no re-snapshot: {} rows", log.len());
+    let expected: NameQty = (1..15)
+        .map(|i| {
+            (
+                format!("i{i:03}"),
+                (Some(format!("n{i}")), Some(i64::from(i))),
+            )
+        })
+        .collect();
+    let (converged, rows) = poll(
+        || async { name_qty(&cache_rows(&node.config.data_dir, "items")) },
+        |rows| rows.as_ref() == Some(&expected),
+    )
+    .await;
+    assert!(converged, "cache {rows:?}");
+    let state = node.jobs.states().snapshot()["source:mongo"].clone();
+    assert_eq!(state.failures, 0, "{state:?}");
     node.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -557,7 +573,7 @@ async fn an_idle_streams_saved_token_advances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_routed_collection_stops_the_source_after_the_changes_before_it() {
+async fn dropping_a_routed_collection_evicts_its_rows_and_the_stream_goes_on() {
     let mongo = MongoServer::start();
     let (_dir, config) = project(&format!(
         "{}{}",
@@ -576,29 +592,35 @@ async fn dropping_a_routed_collection_stops_the_source_after_the_changes_before_
     db.collection::<Document>("scratch").drop().await.unwrap();
     let items = db.collection::<Document>("items");
     insert_items(&items, 0..3).await;
-    items.drop().await.unwrap();
-    let (stopped, state) = poll(
-        || async { node.jobs.states().snapshot().get("source:mongo").cloned() },
-        |state| state.as_ref().is_some_and(|s| s.failures >= 1),
-    )
-    .await;
-    assert!(stopped, "the source did not stop: {state:?}");
-    let failure = state.and_then(|s| s.last_failure).unwrap_or_default();
-    assert!(
-        failure.contains("app.items") && failure.contains("drop event"),
-        "{failure}"
-    );
-    // The inserts before the drop were committed; the drop never is, so
-    // each restart meets it again instead of going on stale.
     assert_log_is(&node, 3).await;
-    let position = node.store.source_position("mongo").await.unwrap();
-    let (again, _) = poll(
-        || async { node.jobs.states().snapshot().get("source:mongo").cloned() },
-        |state| state.as_ref().is_some_and(|s| s.failures >= 2),
+    items.drop().await.unwrap();
+    // The dropped collection is snapshotted again, as empty: its rows are
+    // evicted (a delete row each), in the log and in the cache.
+    let (evicted, log) = poll(
+        || entity_log(&node, "items"),
+        |log| log.iter().filter(|e| e.op == Op::Delete).count() >= 3,
     )
     .await;
-    assert!(again, "the restarted source stops at the drop again");
-    assert_eq!(node.store.source_position("mongo").await.unwrap(), position);
+    assert!(evicted, "{log:?}");
+    let (empty, rows) = poll(
+        || async { cache_rows(&node.config.data_dir, "items") },
+        |rows| rows.as_ref().is_some_and(BTreeMap::is_empty),
+    )
+    .await;
+    assert!(empty, "{rows:?}");
+    // The stream goes on: the collection written again feeds the entity.
+    insert_items(&items, 7..8).await;
+    let (back, rows) = poll(
+        || async { cache_rows(&node.config.data_dir, "items") },
+        |rows| {
+            rows.as_ref()
+                .is_some_and(|r| r.contains_key("i007") && r.len() == 1)
+        },
+    )
+    .await;
+    assert!(back, "{rows:?}");
+    let state = node.jobs.states().snapshot()["source:mongo"].clone();
+    assert_eq!(state.failures, 0, "{state:?}");
     node.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -753,5 +775,245 @@ async fn kill_9_of_emcachers_while_documents_change_loses_and_repeats_nothing() 
         "one oplog row per event: none lost, none twice\n{}",
         log()
     );
+    drop(running);
+}
+
+/// (name, qty) by row id.
+type NameQty = BTreeMap<String, (Option<String>, Option<i64>)>;
+
+/// The (name, qty) of cache rows, by id.
+fn name_qty(rows: &Option<BTreeMap<String, ItemRow>>) -> Option<NameQty> {
+    rows.as_ref().map(|rows| {
+        rows.iter()
+            .map(|(id, row)| (id.clone(), (row.0.clone(), row.1)))
+            .collect()
+    })
+}
+
+/// The (name, qty) of every document of a collection, by id (`_id` as the
+/// row id: an int or a string).
+async fn collection_name_qty(collection: &mongodb::Collection<Document>) -> NameQty {
+    let mut out = BTreeMap::new();
+    let mut cursor = collection.find(doc! {}).await.unwrap();
+    while cursor.advance().await.unwrap() {
+        let doc = cursor.deserialize_current().unwrap();
+        let id = match doc.get("_id") {
+            Some(mongodb::bson::Bson::Int32(i)) => i.to_string(),
+            Some(mongodb::bson::Bson::String(s)) => s.clone(),
+            Some(mongodb::bson::Bson::ObjectId(o)) => o.to_hex(),
+            other => panic!("unexpected _id {other:?}"),
+        };
+        let qty = match doc.get("qty") {
+            Some(mongodb::bson::Bson::Int32(i)) => Some(i64::from(*i)),
+            Some(mongodb::bson::Bson::Int64(i)) => Some(*i),
+            _ => None,
+        };
+        out.insert(id, (doc.get_str("name").ok().map(str::to_owned), qty));
+    }
+    out
+}
+
+fn entity(name: &str, source: &str, collection: &str) -> String {
+    items_entity(name, source).replace(
+        "collection = \"items\"",
+        &format!("collection = \"{collection}\""),
+    )
+}
+
+/// `count` documents of several BSON types: ints, 64-bit ints, dates,
+/// nested documents; ObjectId ids in `people`.
+async fn seed(db: &mongodb::Database, count: i32) {
+    let items: Vec<Document> = (0..count)
+        .map(|i| {
+            doc! {"_id": i, "name": format!("n{i}"), "qty": i64::from(i) * 1_000_000_007,
+            "at": DateTime::from_millis(1_700_000_000_000 + i64::from(i)),
+            "address": {"city": format!("c{}", i % 7)}}
+        })
+        .collect();
+    db.collection::<Document>("items")
+        .insert_many(items)
+        .await
+        .unwrap();
+    let people: Vec<Document> = (0..count / 3)
+        .map(|i| doc! {"_id": ObjectId::new(), "name": format!("p{i}"), "qty": i})
+        .collect();
+    db.collection::<Document>("people")
+        .insert_many(people)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_scan_lands_every_document_and_keeps_the_writes_made_during_it() {
+    let mongo = MongoServer::start();
+    let client = client(&mongo).await;
+    let db = client.database(DB);
+    seed(&db, 3000).await;
+    let (_dir, config) = project(&format!(
+        "{}{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", "scan_chunk = 100"),
+        items_entity("items", "mongo"),
+        entity("people", "mongo", "people"),
+    ));
+    let node = start_node(&config).await;
+    // Once the first chunk is committed (the position records its last
+    // `_id`), documents change while the scan goes on.
+    let (scanning, position) = poll(
+        || async {
+            node.store
+                .source_position("mongo")
+                .await
+                .expect("position")
+                .unwrap_or_default()
+        },
+        |p| p.contains("\"after\""),
+    )
+    .await;
+    assert!(scanning, "no chunk committed: {position}");
+    let items = db.collection::<Document>("items");
+    for i in (0..3000).step_by(97) {
+        items
+            .update_one(doc! {"_id": i}, doc! {"$set": {"name": format!("w{i}")}})
+            .await
+            .unwrap();
+    }
+    items
+        .delete_many(doc! {"_id": {"$gte": 2990}})
+        .await
+        .unwrap();
+    items
+        .insert_one(doc! {"_id": 5000_i32, "name": "late", "qty": 1_i32})
+        .await
+        .unwrap();
+    let still = node
+        .store
+        .source_position("mongo")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    eprintln!(
+        "writes made while the scan {}",
+        if still.contains("\"scan\"") {
+            "was still under way"
+        } else {
+            "had already ended"
+        }
+    );
+
+    let data = node.config.data_dir.clone();
+    for (entity, collection) in [("items", "items"), ("people", "people")] {
+        let expected = collection_name_qty(&db.collection::<Document>(collection)).await;
+        let (converged, rows) = poll(
+            || async { name_qty(&cache_rows(&data, entity)) },
+            |rows| rows.as_ref() == Some(&expected),
+        )
+        .await;
+        let diff: Vec<_> = rows
+            .iter()
+            .flatten()
+            .filter(|(id, row)| expected.get(*id) != Some(row))
+            .take(5)
+            .collect();
+        if !converged {
+            for (id, _) in &diff {
+                let log: Vec<_> = entity_log(&node, entity)
+                    .await
+                    .into_iter()
+                    .filter(|e| &e.doc_id == *id)
+                    .collect();
+                eprintln!("log of {id}: {log:?}");
+            }
+        }
+        assert!(
+            converged,
+            "{entity}: cache {} rows, collection {}; differing: {diff:?}",
+            rows.as_ref().map_or(0, |r| r.len()),
+            expected.len()
+        );
+    }
+    // The load ended: the entities are ready and the position holds no
+    // scan any more.
+    for name in ["items", "people"] {
+        let def = node.store.entity(name).await.unwrap().unwrap();
+        assert_eq!(def.status, emcachers::oplog::EntityStatus::Ready, "{name}");
+    }
+    let (ended, position) = poll(
+        || async {
+            node.store
+                .source_position("mongo")
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        },
+        |p| !p.contains("\"scan\""),
+    )
+    .await;
+    assert!(ended, "{position}");
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_scan_continues_after_the_last_committed_chunk() {
+    let mongo = MongoServer::start();
+    let client = client(&mongo).await;
+    let db = client.database(DB);
+    seed(&db, 3000).await;
+    let (dir, config) = project(&format!(
+        "{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", "scan_chunk = 50"),
+        items_entity("items", "mongo"),
+    ));
+    let data = dir.path().join("data");
+    let first_log = dir.path().join("first.log");
+    let mut running = run_binary(&config, &first_log);
+    let scanning = wait_until(WAIT, || {
+        saved_position(&data).is_some_and(|p| p.contains("\"after\""))
+            && oplog_count(&data, "items").is_some_and(|n| n >= 100)
+    });
+    assert!(
+        scanning,
+        "no chunk committed:\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default()
+    );
+    running.0.kill().expect("kill -9");
+    let _ = running.0.wait();
+    let at_kill = saved_position(&data).unwrap_or_default();
+    let committed = oplog_count(&data, "items");
+    eprintln!("killed with {committed:?} snapshot rows committed; position {at_kill}");
+    assert!(
+        at_kill.contains("\"scan\""),
+        "the scan had ended before the kill: {at_kill}"
+    );
+
+    let second_log = dir.path().join("second.log");
+    let running = run_binary(&config, &second_log);
+    let expected = collection_name_qty(&db.collection::<Document>("items")).await;
+    let mut rows = None;
+    let converged = wait_until(WAIT, || {
+        rows = name_qty(&cache_rows(&data, "items"));
+        rows.as_ref() == Some(&expected)
+    });
+    let log = || std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert!(
+        converged,
+        "cache {} rows, collection {}\n{}",
+        rows.map_or(0, |r| r.len()),
+        expected.len(),
+        log()
+    );
+    // Each document's snapshot row is in the oplog once: the committed
+    // chunks were not copied again.
+    let conn =
+        Connection::open_with_flags(data.join("oplog.sqlite"), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let (rows_n, ids_n): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT doc_id) FROM oplog WHERE entity = 'items'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows_n, ids_n), (3000, 3000), "{}", log());
+    assert!(log().contains("resumed_after=Some"), "{}", log());
     drop(running);
 }

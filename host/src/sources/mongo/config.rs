@@ -33,7 +33,19 @@ pub struct MongoSourceConfig {
     /// age out of the oplog window.
     #[serde(default = "default_token_persist_ms")]
     pub token_persist_ms: u64,
+    /// Documents per chunk of a snapshot scan: each chunk is one page,
+    /// committed with the scan's progress (a restart continues after the
+    /// last committed chunk).
+    #[serde(default = "default_scan_chunk")]
+    pub scan_chunk: usize,
 }
+
+fn default_scan_chunk() -> usize {
+    1000
+}
+
+/// The largest `scan_chunk` (a chunk is read and committed as a whole).
+pub const MAX_SCAN_CHUNK: usize = 100_000;
 
 fn default_token_persist_ms() -> u64 {
     10_000
@@ -99,6 +111,12 @@ impl MongoSourceConfig {
                 format!("must be between 1 and {MAX_MS}"),
             );
         }
+        if self.scan_chunk == 0 || self.scan_chunk > MAX_SCAN_CHUNK {
+            return problem(
+                "sources.scan_chunk",
+                format!("must be between 1 and {MAX_SCAN_CHUNK}"),
+            );
+        }
         Ok(())
     }
 }
@@ -117,6 +135,7 @@ mod tests {
             collections: None,
             full_document: FullDocument::Default,
             token_persist_ms: 10_000,
+            scan_chunk: 1000,
         }
     }
 
@@ -124,7 +143,8 @@ mod tests {
     fn checks_name_the_key() {
         assert_eq!(config().check(), Ok(()));
         type Edit = fn(&mut MongoSourceConfig);
-        let cases: [(Edit, &str); 5] = [
+        let cases: [(Edit, &str); 6] = [
+            (|c| c.scan_chunk = 0, "sources.scan_chunk"),
             (|c| c.uri = " ".into(), "sources.uri"),
             (|c| c.uri = "http://x".into(), "sources.uri"),
             (|c| c.database = String::new(), "sources.database"),

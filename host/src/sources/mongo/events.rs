@@ -6,7 +6,8 @@
 //! | `delete` | `Delete` |
 //! | `update`, `full_document = "default"` | `Partial`: `updatedFields` (dotted paths as keys, e.g. `{"address.city": "Oslo"}`), each of `removedFields` set to `null` |
 //! | `update`, `"updateLookup"` | `Upsert` of the looked-up `fullDocument`; when the lookup is `null` (the document was deleted, or changed again and deleted, before the event was read) the `Partial` above: the delete event that follows removes the row anyway |
-//! | `drop`, `rename` of a routed collection, `dropDatabase`, `invalidate` | the source stops with an error naming the event and collection (the snapshot slice will re-snapshot instead) |
+//! | `drop`, `rename` of a routed collection | a re-snapshot of the collection (both names of a rename): a dropped collection scans as empty, so its entities' rows are evicted |
+//! | `dropDatabase`, `invalidate` | a re-snapshot of every routed collection (after `invalidate` the stream is reopened with `startAfter`) |
 //! | `drop`, `rename` of a collection no entity routes | skipped (logged) |
 //! | other (future event types, DDL events) | skipped (logged) |
 //!
@@ -32,6 +33,16 @@ pub enum Converted {
     Skip(String),
     /// The source cannot go on: the entities fed by it would go stale.
     Stop(String),
+    /// The collections must be snapshotted again.
+    Resnapshot {
+        /// The affected collections; empty: every routed collection.
+        collections: Vec<String>,
+        /// What happened, for the logs.
+        reason: String,
+        /// The stream was invalidated (it must be reopened after the
+        /// event with `startAfter`).
+        invalidate: bool,
+    },
 }
 
 /// Convert one event of source `source`. `routed(collection)` says whether
@@ -117,9 +128,11 @@ pub fn convert(
         }
         OperationType::Drop => {
             if routed(&collection) {
-                Converted::Stop(format!(
-                    "collection {database}.{collection} was dropped (drop event); the snapshot slice will re-snapshot, until then the source stops rather than go on stale"
-                ))
+                Converted::Resnapshot {
+                    collections: vec![collection.clone()],
+                    reason: format!("collection {database}.{collection} was dropped (drop event)"),
+                    invalidate: false,
+                }
             } else {
                 Converted::Skip(format!(
                     "drop of {database}.{collection}, which no entity routes"
@@ -133,26 +146,39 @@ pub fn convert(
                 .and_then(|to| to.coll.clone())
                 .unwrap_or_default();
             if routed(&collection) || routed(&to) {
-                Converted::Stop(format!(
-                    "collection {database}.{collection} was renamed to {to} (rename event); the snapshot slice will re-snapshot, until then the source stops rather than go on stale"
-                ))
+                Converted::Resnapshot {
+                    collections: [collection.clone(), to.clone()]
+                        .into_iter()
+                        .filter(|c| !c.is_empty() && routed(c))
+                        .collect(),
+                    reason: format!(
+                        "collection {database}.{collection} was renamed to {to} (rename event)"
+                    ),
+                    invalidate: false,
+                }
             } else {
                 Converted::Skip(format!(
                     "rename of {database}.{collection} to {to}, which no entity routes"
                 ))
             }
         }
-        OperationType::DropDatabase => Converted::Stop(format!(
-            "database {database} was dropped (dropDatabase event); the snapshot slice will re-snapshot, until then the source stops rather than go on stale"
-        )),
-        OperationType::Invalidate => Converted::Stop(format!(
-            "the change stream was invalidated (invalidate event{}); the snapshot slice will re-snapshot, until then the source stops rather than go on stale",
-            if collection.is_empty() {
-                String::new()
-            } else {
-                format!(" on {database}.{collection}")
-            }
-        )),
+        OperationType::DropDatabase => Converted::Resnapshot {
+            collections: Vec::new(),
+            reason: format!("database {database} was dropped (dropDatabase event)"),
+            invalidate: false,
+        },
+        OperationType::Invalidate => Converted::Resnapshot {
+            collections: Vec::new(),
+            reason: format!(
+                "the change stream was invalidated (invalidate event{})",
+                if collection.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {database}.{collection}")
+                }
+            ),
+            invalidate: true,
+        },
         other => Converted::Skip(format!("{} event on {database}.{collection}", name(other))),
     }
 }
@@ -301,16 +327,17 @@ mod tests {
     }
 
     #[test]
-    fn drops_and_renames_of_routed_collections_stop_the_source() {
-        let stop = convert(
+    fn drops_and_renames_of_routed_collections_resnapshot() {
+        let resnapshot = convert(
             "m",
             event(base("drop", "users")),
             FullDocument::Default,
             &routed,
         );
         assert!(
-            matches!(&stop, Converted::Stop(m) if m.contains("app.users") && m.contains("drop event")),
-            "{stop:?}"
+            matches!(&resnapshot, Converted::Resnapshot { collections, reason, invalidate: false }
+                if collections == &["users".to_string()] && reason.contains("app.users") && reason.contains("drop event")),
+            "{resnapshot:?}"
         );
         let skip = convert(
             "m",
@@ -322,24 +349,26 @@ mod tests {
 
         let mut rename = base("rename", "tmp");
         rename.insert("to", doc! {"db": "app", "coll": "users"});
-        let stop = convert("m", event(rename), FullDocument::Default, &routed);
+        let resnapshot = convert("m", event(rename), FullDocument::Default, &routed);
         assert!(
-            matches!(&stop, Converted::Stop(m) if m.contains("app.tmp") && m.contains("users") && m.contains("rename event")),
-            "{stop:?}"
+            matches!(&resnapshot, Converted::Resnapshot { collections, reason, .. }
+                if collections == &["users".to_string()] && reason.contains("app.tmp") && reason.contains("rename event")),
+            "{resnapshot:?}"
         );
 
         let drop_db =
             doc! {"_id": {"_data": "82"}, "operationType": "dropDatabase", "ns": {"db": "app"}};
-        let stop = convert("m", event(drop_db), FullDocument::Default, &routed);
+        let resnapshot = convert("m", event(drop_db), FullDocument::Default, &routed);
         assert!(
-            matches!(&stop, Converted::Stop(m) if m.contains("database app") && m.contains("dropDatabase")),
-            "{stop:?}"
+            matches!(&resnapshot, Converted::Resnapshot { collections, reason, invalidate: false }
+                if collections.is_empty() && reason.contains("database app")),
+            "{resnapshot:?}"
         );
         let invalidate = doc! {"_id": {"_data": "82"}, "operationType": "invalidate"};
-        let stop = convert("m", event(invalidate), FullDocument::Default, &routed);
+        let resnapshot = convert("m", event(invalidate), FullDocument::Default, &routed);
         assert!(
-            matches!(&stop, Converted::Stop(m) if m.contains("invalidate")),
-            "{stop:?}"
+            matches!(&resnapshot, Converted::Resnapshot { collections, invalidate: true, .. } if collections.is_empty()),
+            "{resnapshot:?}"
         );
     }
 
