@@ -70,7 +70,7 @@ fn event_bytes(n: usize) -> Vec<u8> {
             "age": (18 + n % 70) as i32,
             "score": (n % 10_000) as f64 / 100.0,
             "balance": (n % 1_000_000) as i64,
-            "active": n % 2 == 0,
+            "active": n.is_multiple_of(2),
             "status": status,
             "created_at": bson::DateTime::from_millis(1_700_000_000_000 + n as i64),
             "tags": tags,
