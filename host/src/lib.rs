@@ -19,6 +19,7 @@
 pub mod api;
 pub mod breaker;
 pub mod cache;
+mod calendar;
 pub mod config;
 pub mod datadir;
 pub mod entities;

@@ -48,6 +48,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::LatestPages;
 use crate::entities::EntityManager;
 use crate::model::Change;
 use crate::oplog::{
@@ -274,16 +275,9 @@ impl LoadCoordinator {
             Some(plugin) => (plugin.name().to_owned(), plugin.version().to_owned()),
             None => (def.plugin.clone(), String::new()),
         };
-        let mut after: Option<String> = None;
+        let mut pages = LatestPages::new(&def.name, EVICT_PAGE);
         let mut evicted = 0;
-        loop {
-            let page = self
-                .store
-                .latest_page(&def.name, after.as_deref(), EVICT_PAGE)
-                .await?;
-            let Some(last) = page.last().map(|r| r.doc_id.clone()) else {
-                break;
-            };
+        while let Some(page) = pages.next(self.store.as_ref()).await? {
             let rows: Vec<NewRow> = page
                 .into_iter()
                 .filter(|row| row.oplog_id <= start && row.op == Op::Upsert)
@@ -306,7 +300,6 @@ impl LoadCoordinator {
                     })
                     .await?;
             }
-            after = Some(last);
         }
         Ok(evicted)
     }

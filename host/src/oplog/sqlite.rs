@@ -408,18 +408,7 @@ impl OplogStore for SqliteStore {
                 "SELECT id, entity, doc_id, op, data, created_at, plugin, plugin_version
                  FROM oplog WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
-                Ok(OplogEntry {
-                    id: r.get(0)?,
-                    entity: r.get(1)?,
-                    doc_id: r.get(2)?,
-                    op: Op::from_code(r.get(3)?),
-                    data: r.get(4)?,
-                    created_at: r.get(5)?,
-                    plugin: r.get(6)?,
-                    plugin_version: r.get(7)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![after, limit as i64], entry_of)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -437,18 +426,7 @@ impl OplogStore for SqliteStore {
                 "SELECT id, entity, doc_id, op, data, created_at, plugin, plugin_version
                  FROM oplog WHERE entity = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![entity, after, limit as i64], |r| {
-                Ok(OplogEntry {
-                    id: r.get(0)?,
-                    entity: r.get(1)?,
-                    doc_id: r.get(2)?,
-                    op: Op::from_code(r.get(3)?),
-                    data: r.get(4)?,
-                    created_at: r.get(5)?,
-                    plugin: r.get(6)?,
-                    plugin_version: r.get(7)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![entity, after, limit as i64], entry_of)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -771,4 +749,19 @@ impl OplogStore for SqliteStore {
         })
         .await
     }
+}
+
+/// A log entry from a row of `SELECT id, entity, doc_id, op, data,
+/// created_at, plugin, plugin_version FROM oplog`.
+fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<OplogEntry> {
+    Ok(OplogEntry {
+        id: r.get(0)?,
+        entity: r.get(1)?,
+        doc_id: r.get(2)?,
+        op: Op::from_code(r.get(3)?),
+        data: r.get(4)?,
+        created_at: r.get(5)?,
+        plugin: r.get(6)?,
+        plugin_version: r.get(7)?,
+    })
 }

@@ -103,6 +103,21 @@ fn config(addr: String) -> RedisWriterConfig {
     }
 }
 
+/// Run `writer` as a supervised task until the returned server shuts down.
+fn run_in_jobs(writer: RedisWriter) -> JobServer {
+    let jobs = JobServer::new();
+    let run = std::sync::Mutex::new(Some(writer));
+    jobs.spawn("writer", move |cancel| {
+        let writer = run.lock().expect("lock").take();
+        async move {
+            if let Some(writer) = writer {
+                writer.run(cancel).await;
+            }
+        }
+    });
+    jobs
+}
+
 async fn open(s: &Setup, config: RedisWriterConfig) -> RedisWriter {
     RedisWriter::open(
         s.store.clone(),
@@ -950,16 +965,7 @@ async fn a_caught_up_writer_wakes_on_commit() {
     let memory = writer.memory().expect("memory target");
     writer.catch_up().await.expect("bootstrap");
     let status = writer.status();
-    let jobs = JobServer::new();
-    let run = std::sync::Mutex::new(Some(writer));
-    jobs.spawn("writer", move |cancel| {
-        let writer = run.lock().expect("lock").take();
-        async move {
-            if let Some(writer) = writer {
-                writer.run(cancel).await;
-            }
-        }
-    });
+    let jobs = run_in_jobs(writer);
     // The writer is caught up (its steps find nothing): it waits.
     assert!(status.caught_up());
     let started = Instant::now();
@@ -992,27 +998,19 @@ async fn a_layout_push_rebuilds_a_caught_up_writer() {
     assert!(memory.get("schematic:flags:v1:pushed").is_some());
     assert!(memory.get("schematic:flags:v2:pushed").is_none());
     let status = writer.status();
-    let jobs = JobServer::new();
-    let run = std::sync::Mutex::new(Some(writer));
-    jobs.spawn("writer", move |cancel| {
-        let writer = run.lock().expect("lock").take();
-        async move {
-            if let Some(writer) = writer {
-                writer.run(cancel).await;
-            }
-        }
-    });
+    let jobs = run_in_jobs(writer);
     assert!(status.caught_up());
     assign_version(&s, "v2").await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while memory.get("schematic:flags:v2:pushed").is_none() {
+    // The rebuild writes the keys, then the version key, then the status.
+    while status.version("flags").as_deref() != Some("v2") {
         assert!(
             Instant::now() < deadline,
             "the layout push did not reach the writer (poll is 60 s)"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(status.version("flags").as_deref(), Some("v2"));
+    assert!(memory.get("schematic:flags:v2:pushed").is_some());
     assert_eq!(
         memory.get("emcachers:redis:version:flags").as_deref(),
         Some("v2")
