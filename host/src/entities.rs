@@ -473,12 +473,20 @@ impl EntityManager {
         {
             return Err(EntityError::NotFound(name.to_owned()));
         }
-        let known = self.known().get(name).cloned();
+        let remembered = self.known().get(name).cloned();
+        let known = match remembered {
+            Some(def) => Some(def),
+            None => self.store.entity(name).await?,
+        };
+        // The life being deleted: its cache is never built again.
+        let generation = known
+            .as_ref()
+            .map_or_else(crate::oplog::now_millis, |def| def.created_at);
         if let Some(mut def) = known {
             def.status = EntityStatus::Deleting;
             self.remember(def);
         }
-        self.remove_local(name)?;
+        self.remove_local(name, generation)?;
         self.store.delete_entity(name).await?;
         self.layouts.remove(name);
         self.forget(name);
@@ -486,10 +494,12 @@ impl EntityManager {
         Ok(())
     }
 
-    fn remove_local(&self, name: &str) -> Result<(), EntityError> {
+    /// Unassign `name`'s plugin and remove its cache directory, retiring its
+    /// life `generation` (see [`CacheDbManager::remove`]).
+    fn remove_local(&self, name: &str, generation: i64) -> Result<(), EntityError> {
         self.registry.unassign(name);
         if let Some(dbs) = &self.dbs {
-            dbs.remove(name)?;
+            dbs.remove(name, generation)?;
         }
         Ok(())
     }
@@ -538,11 +548,11 @@ impl EntityManager {
             }
             self.remember(def.clone());
         }
-        for name in previous
-            .keys()
-            .filter(|name| !stored.iter().any(|d| &d.name == *name))
+        for (name, def) in previous
+            .iter()
+            .filter(|(name, _)| !stored.iter().any(|d| &d.name == *name))
         {
-            self.remove_local(name)?;
+            self.remove_local(name, def.created_at)?;
             self.layouts.remove(name);
             self.forget(name);
             report.removed += 1;

@@ -35,6 +35,15 @@ pub enum CacheDbError {
         /// The error.
         source: std::io::Error,
     },
+    /// The entity's life was removed ([`super::CacheDbManager::remove`]):
+    /// its database is not built again.
+    #[error("cache of {entity}: the entity (life {generation}) was deleted")]
+    Retired {
+        /// The entity.
+        entity: String,
+        /// The generation of the layout that was refused.
+        generation: i64,
+    },
     /// A row's data is not a JSON object.
     #[error("cache database {path}: oplog entry {id} of {entity} has invalid data: {reason}")]
     BadRow {

@@ -6,6 +6,13 @@
 //! file. A [`Rebuild`] that is dropped without [`CacheDbManager::finish_rebuild`]
 //! (a failed page, a constraint its rows break) removes its file; files left
 //! by a process that died mid-rebuild are swept by [`CacheDbManager::open`].
+//!
+//! Removing an entity ([`CacheDbManager::remove`]) retires its life: under
+//! the manager's lock the directory is renamed aside (`.removing-…`, a name
+//! no entity can have) and the life's generation is remembered, so a rebuild
+//! or a writer that still holds the old layout can neither create files in
+//! the directory being deleted nor bring the old life's database back.
+//! Only a later life (a re-created entity) builds there again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,12 +31,35 @@ struct Open {
     last_used: Instant,
 }
 
+/// What the manager's lock guards.
+#[derive(Default)]
+struct State {
+    /// Open databases by entity.
+    open: HashMap<String, Open>,
+    /// Removed entities: the newest generation removed. A layout of that
+    /// generation or an older one builds nothing any more.
+    retired: HashMap<String, i64>,
+}
+
+impl State {
+    /// Refuse to build `entity` under a layout of a removed life.
+    fn check_live(&self, entity: &str, generation: i64) -> Result<(), CacheDbError> {
+        match self.retired.get(entity) {
+            Some(&removed) if generation <= removed => Err(CacheDbError::Retired {
+                entity: entity.to_owned(),
+                generation,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Per-entity SQLite databases under one root (`dbs/{entity}/db.sqlite`).
 #[derive(Clone)]
 pub struct CacheDbManager {
     root: PathBuf,
     idle_timeout: Duration,
-    open: Arc<Mutex<HashMap<String, Open>>>,
+    state: Arc<Mutex<State>>,
     replicator: Arc<ReplicatorStatus>,
 }
 
@@ -49,6 +79,10 @@ pub struct DbState {
 /// The name prefix of rebuild files (`db.sqlite.rebuild-{pid}-{n}`).
 const REBUILD_PREFIX: &str = "db.sqlite.rebuild-";
 
+/// The name prefix of directories being removed (`.removing-{entity}-{pid}-{n}`);
+/// entity names cannot start with `.`.
+const REMOVING_PREFIX: &str = ".removing-";
+
 impl CacheDbManager {
     /// A manager for databases under `root`, closing connections idle longer
     /// than `idle_timeout`.
@@ -56,7 +90,7 @@ impl CacheDbManager {
         CacheDbManager {
             root: root.into(),
             idle_timeout,
-            open: Arc::new(Mutex::new(HashMap::new())),
+            state: Arc::new(Mutex::new(State::default())),
             replicator: Arc::new(ReplicatorStatus::default()),
         }
     }
@@ -77,9 +111,9 @@ impl CacheDbManager {
             path: manager.root.clone(),
             source,
         })?;
-        let swept = manager.sweep_rebuild_leftovers();
+        let swept = manager.sweep_rebuild_leftovers() + manager.sweep_removals();
         if swept > 0 {
-            tracing::info!(root = %manager.root.display(), swept, "removed files of interrupted cache rebuilds");
+            tracing::info!(root = %manager.root.display(), swept, "removed files of interrupted cache rebuilds and removals");
         }
         Ok(manager)
     }
@@ -121,6 +155,33 @@ impl CacheDbManager {
         removed
     }
 
+    /// Remove the directories that removals interrupted by a crash left
+    /// renamed aside; returns how many. Failures are logged.
+    fn sweep_removals(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let is_removal = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(REMOVING_PREFIX));
+            if !is_removal {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove the directory of an interrupted entity removal")
+                }
+            }
+        }
+        removed
+    }
+
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -136,8 +197,8 @@ impl CacheDbManager {
         self.entity_dir(entity).join("db.sqlite")
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Open>> {
-        self.open
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -149,7 +210,8 @@ impl CacheDbManager {
         entity: &str,
         work: impl FnOnce(&mut EntityDb) -> Result<T, CacheDbError>,
     ) -> Result<Option<T>, CacheDbError> {
-        let mut open = self.lock();
+        let mut state = self.lock();
+        let open = &mut state.open;
         if !open.contains_key(entity) {
             match EntityDb::open(&self.db_path(entity), entity)? {
                 Some(db) => {
@@ -204,6 +266,9 @@ impl CacheDbManager {
         layout: &EntityLayout,
         applied: &Offset,
     ) -> Result<Rebuild, CacheDbError> {
+        // Held while the file is created: a removal cannot run in between.
+        let state = self.lock();
+        state.check_live(entity, layout.generation)?;
         // Unique per rebuild: two replicators in one process never share a file.
         static REBUILDS: AtomicU64 = AtomicU64::new(0);
         let n = REBUILDS.fetch_add(1, Ordering::Relaxed);
@@ -225,6 +290,7 @@ impl CacheDbManager {
             applied.id,
             &applied.oplog,
         )?);
+        drop(state);
         Ok(rebuild)
     }
 
@@ -233,9 +299,12 @@ impl CacheDbManager {
     /// On error the rebuild's file is removed and the live one keeps serving.
     pub fn finish_rebuild(&self, mut rebuild: Rebuild) -> Result<(), CacheDbError> {
         // Close the rebuilt database (its WAL is checkpointed into the file).
+        let generation = rebuild.db.as_ref().map_or(0, |db| db.layout().generation);
         rebuild.db = None;
-        let mut open = self.lock();
-        open.remove(&rebuild.entity);
+        let mut state = self.lock();
+        // Removed meanwhile: dropping the rebuild removes its file.
+        state.check_live(&rebuild.entity, generation)?;
+        state.open.remove(&rebuild.entity);
         let live = self.db_path(&rebuild.entity);
         for suffix in ["-wal", "-shm"] {
             let side = PathBuf::from(format!("{}{suffix}", live.display()));
@@ -249,20 +318,44 @@ impl CacheDbManager {
         Ok(())
     }
 
-    /// Close and delete `entity`'s directory.
-    pub fn remove(&self, entity: &str) -> Result<bool, CacheDbError> {
-        self.lock().remove(entity);
+    /// Close and delete `entity`'s directory, and retire its life
+    /// `generation` ([`EntityLayout::generation`]): rebuilds under a layout
+    /// of that life or an older one are refused from now on
+    /// ([`CacheDbError::Retired`]). Returns whether a directory existed.
+    ///
+    /// The directory is renamed aside under the lock, then deleted: a
+    /// rebuild running meanwhile writes into the renamed directory (or
+    /// fails), never into a new one under the entity's name.
+    pub fn remove(&self, entity: &str, generation: i64) -> Result<bool, CacheDbError> {
+        static REMOVALS: AtomicU64 = AtomicU64::new(0);
         let dir = self.entity_dir(entity);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(CacheDbError::Io { path: dir, source }),
+        let aside = self.root.join(format!(
+            "{REMOVING_PREFIX}{entity}-{}-{}",
+            std::process::id(),
+            REMOVALS.fetch_add(1, Ordering::Relaxed)
+        ));
+        {
+            let mut state = self.lock();
+            state.open.remove(entity);
+            let retired = state.retired.entry(entity.to_owned()).or_insert(generation);
+            *retired = (*retired).max(generation);
+            match std::fs::rename(&dir, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(source) => return Err(CacheDbError::Io { path: dir, source }),
+            }
         }
+        std::fs::remove_dir_all(&aside).map_err(|source| CacheDbError::Io {
+            path: aside,
+            source,
+        })?;
+        Ok(true)
     }
 
     /// Close connections idle longer than the timeout; returns how many.
     pub fn close_idle(&self) -> usize {
-        let mut open = self.lock();
+        let mut state = self.lock();
+        let open = &mut state.open;
         let before = open.len();
         let timeout = self.idle_timeout;
         open.retain(|_, slot| slot.last_used.elapsed() < timeout);
@@ -271,7 +364,7 @@ impl CacheDbManager {
 
     /// How many databases are open.
     pub fn open_count(&self) -> usize {
-        self.lock().len()
+        self.lock().open.len()
     }
 
     /// Entities that have a directory under the root.
@@ -283,6 +376,7 @@ impl CacheDbManager {
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|name| !name.starts_with(REMOVING_PREFIX))
             .collect()
     }
 }

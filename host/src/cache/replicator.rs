@@ -446,11 +446,20 @@ impl SqliteCaches {
             counts.skipped = group.len();
             return Ok(counts);
         };
-        if self
-            .ensure_layout_with(entity, &layout, dead_letter)
-            .await?
-        {
-            counts.rebuilt += 1;
+        match self.ensure_layout_with(entity, &layout, dead_letter).await {
+            Ok(true) => counts.rebuilt += 1,
+            Ok(false) => {}
+            Err(ReplicatorError::CacheDb(CacheDbError::Retired { .. })) => {
+                // Deleted while its entries were read: they go with it.
+                tracing::debug!(
+                    entity,
+                    entries = group.len(),
+                    "entity deleted; its entries are not applied"
+                );
+                counts.skipped = group.len();
+                return Ok(counts);
+            }
+            Err(error) => return Err(error),
         }
         let dbs = self.dbs.clone();
         let name = entity.to_owned();

@@ -362,7 +362,7 @@ async fn idle_connections_are_closed_and_removed_entities_lose_their_directory()
     // Reopened on demand.
     assert_eq!(s.dbs.row_count("people").unwrap(), Some(1));
     assert!(s.dbs.entity_dir("people").exists());
-    assert!(s.dbs.remove("people").unwrap());
+    assert!(s.dbs.remove("people", i64::MAX).unwrap());
     assert!(!s.dbs.entity_dir("people").exists());
     assert!(s.dir.path().join("dbs").exists());
 }
@@ -574,6 +574,68 @@ async fn failed_rebuilds_leave_no_files_and_leftovers_are_swept() {
     }
     let reopened = CacheDbManager::open(s.dbs.root(), Duration::from_secs(60)).unwrap();
     assert_eq!(rebuild_files(&reopened.entity_dir("people")), vec![own]);
+}
+
+/// Removing an entity retires its life: a rebuild under way when the
+/// directory goes finishes into nothing (no directory comes back under the
+/// entity's name), a rebuild for the removed life is refused, and only a
+/// later life builds there again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_life_is_not_rebuilt_by_a_writer_that_still_holds_it() {
+    let s = setup(Duration::from_secs(60));
+    let old_life = EntityLayout {
+        generation: 1000,
+        ..layout("v1")
+    };
+    old_life.publish(s.store.as_ref(), "people").await.unwrap();
+    append(&s.store, vec![upsert("p1", json!({"name": "A"}))]).await;
+    replicator(&s).await.catch_up().await.unwrap();
+    let applied = s.dbs.state("people").unwrap().expect("built");
+    let offset = emcachers::cache::Offset::new(applied.oplog.clone(), applied.applied_id);
+
+    // A rebuild is under way (its file is in the directory) when the
+    // entity is removed.
+    let mut rebuild = s.dbs.begin_rebuild("people", &old_life, &offset).unwrap();
+    assert!(s.dbs.remove("people", 1000).unwrap());
+    assert!(!s.dbs.entity_dir("people").exists());
+    // Its page fails or lands in the removed directory; finishing is refused.
+    let _ = rebuild.load(&[]);
+    let finished = s.dbs.finish_rebuild(rebuild);
+    assert!(
+        matches!(
+            finished,
+            Err(emcachers::cache::CacheDbError::Retired { .. })
+        ),
+        "{finished:?}"
+    );
+    assert!(!s.dbs.entity_dir("people").exists(), "nothing came back");
+    // A rebuild for the removed life is refused before it makes a file.
+    assert!(matches!(
+        s.dbs.begin_rebuild("people", &old_life, &offset),
+        Err(emcachers::cache::CacheDbError::Retired { .. })
+    ));
+    assert!(!s.dbs.entity_dir("people").exists());
+    let left: Vec<String> = std::fs::read_dir(s.dbs.root())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the renamed directory is gone too: {left:?}"
+    );
+
+    // The next life builds.
+    let new_life = EntityLayout {
+        generation: 2000,
+        ..layout("v1")
+    };
+    let rebuild = s.dbs.begin_rebuild("people", &new_life, &offset).unwrap();
+    s.dbs.finish_rebuild(rebuild).unwrap();
+    assert_eq!(
+        s.dbs.state("people").unwrap().map(|st| st.generation),
+        Some(2000)
+    );
 }
 
 /// A node that missed an entity's delete still has its database; when the
