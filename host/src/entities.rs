@@ -2,7 +2,7 @@
 //! store), their plugin configuration, the layouts their caches use, and the
 //! routing of source collections to entities.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ use crate::cache::layout::{LayoutBoard, Layouts};
 use crate::cache::{CacheDbError, CacheDbManager, EntityLayout};
 use crate::oplog::{EntityDef, EntityStatus, OplogStore, StoreError, now_millis};
 use crate::plugin::{PluginError, PluginRegistry};
+use crate::sources::SourceEntities;
 
 /// Why an entity operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,24 @@ pub enum EntityError {
     /// A blocking task failed.
     #[error("entity manager worker failed: {0}")]
     Worker(String),
+    /// A load (recreate) was asked of an entity whose source cannot load.
+    #[error(
+        "entity {entity} cannot be re-snapshotted: its source {source_name:?} is not a running source that loads on request (mongo, jsonl)"
+    )]
+    NotLoadable {
+        /// The entity.
+        entity: String,
+        /// Its source.
+        source_name: String,
+    },
+    /// A load of the entity is already asked for or under way.
+    #[error("entity {entity} is already loading (status {status})")]
+    Loading {
+        /// The entity.
+        entity: String,
+        /// Its status.
+        status: &'static str,
+    },
 }
 
 /// A new entity, or the full new state of an existing one.
@@ -207,6 +226,10 @@ pub struct EntityManager {
     dbs: Option<CacheDbManager>,
     known: RwLock<HashMap<String, EntityDef>>,
     layouts: LayoutBoard,
+    /// Bumped whenever an entity is created, changed or removed.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The sources that load an entity on request (its status `pending`).
+    loadable: RwLock<HashSet<String>>,
 }
 
 impl EntityManager {
@@ -223,7 +246,72 @@ impl EntityManager {
             dbs,
             known: RwLock::new(HashMap::new()),
             layouts: LayoutBoard::new(),
+            changes: tokio::sync::watch::channel(0).0,
+            loadable: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// Declare the sources that load entities on request (the node's mongo
+    /// and JSON-lines sources): a new entity of one of them is created
+    /// `pending` and backfilled by its source, and it can be re-snapshotted
+    /// ([`request_load`](Self::request_load)).
+    pub fn set_loadable_sources(&self, sources: impl IntoIterator<Item = String>) {
+        *self.loadable.write().unwrap_or_else(|p| p.into_inner()) = sources.into_iter().collect();
+    }
+
+    /// Whether `source` loads entities on request.
+    pub fn is_loadable(&self, source: &str) -> bool {
+        self.loadable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(source)
+    }
+
+    /// The status a new entity of `source` starts with when the user asks
+    /// for none: `pending` (backfilled by its source) when the source loads
+    /// on request, else `ready`.
+    pub fn initial_status(&self, source: &str) -> EntityStatus {
+        if self.is_loadable(source) {
+            EntityStatus::Pending
+        } else {
+            EntityStatus::Ready
+        }
+    }
+
+    /// Ask `name`'s source to snapshot it again (`POST
+    /// /api/replication/recreate/{entity}`): the entity becomes `pending`,
+    /// its stream rows are staged, and its source loads it alone; the load's
+    /// end evicts what the source no longer holds and makes it `ready`.
+    pub async fn request_load(&self, name: &str) -> Result<EntityDef, EntityError> {
+        let def = self.get(name).await?;
+        if !self.is_loadable(&def.source) {
+            return Err(EntityError::NotLoadable {
+                entity: def.name,
+                source_name: def.source,
+            });
+        }
+        if def.status != EntityStatus::Ready {
+            return Err(EntityError::Loading {
+                entity: def.name,
+                status: def.status.as_str(),
+            });
+        }
+        self.set_status(name, EntityStatus::Pending).await?;
+        tracing::info!(entity = name, source = %def.source, "re-snapshot requested");
+        self.get(name).await
+    }
+
+    /// A view of the entities `source` feeds, for the source itself.
+    pub fn source_view(self: &Arc<Self>, source: &str) -> Arc<dyn SourceEntities> {
+        Arc::new(SourceView {
+            manager: self.clone(),
+            source: source.to_owned(),
+        })
+    }
+
+    /// The definition of `name` as last known (no store read).
+    pub fn known_def(&self, name: &str) -> Option<EntityDef> {
+        self.known().get(name).cloned()
     }
 
     /// The published layouts, pushed to the returned view on every change
@@ -247,17 +335,25 @@ impl EntityManager {
     }
 
     fn remember(&self, def: EntityDef) {
-        self.known
+        let before = self
+            .known
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(def.name.clone(), def);
+            .insert(def.name.clone(), def.clone());
+        if before.as_ref() != Some(&def) {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     fn forget(&self, name: &str) {
-        self.known
+        let before = self
+            .known
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        if before.is_some() {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// Entities (from the last refresh or change) fed by `source`/`collection`.
@@ -300,7 +396,10 @@ impl EntityManager {
         status: EntityStatus,
     ) -> Result<EntityDef, EntityError> {
         validate_name(&spec.name)?;
-        user_status(status.as_str())?;
+        // `pending` is asked for a new entity of a source that loads it.
+        if !(status == EntityStatus::Pending && self.is_loadable(&spec.source)) {
+            user_status(status.as_str())?;
+        }
         if self.store.entity(&spec.name).await?.is_some() {
             return Err(EntityError::Exists(spec.name));
         }
@@ -558,6 +657,38 @@ impl EntityManager {
             report.removed += 1;
         }
         Ok(report)
+    }
+}
+
+/// [`EntityManager::source_view`].
+struct SourceView {
+    manager: Arc<EntityManager>,
+    source: String,
+}
+
+impl SourceEntities for SourceView {
+    fn routes(&self, collection: &str) -> Vec<String> {
+        self.manager
+            .routes(&self.source, collection)
+            .into_iter()
+            .map(|def| def.name)
+            .collect()
+    }
+
+    fn pending(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .manager
+            .known()
+            .values()
+            .filter(|def| def.status == EntityStatus::Pending && def.source == self.source)
+            .map(|def| def.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.manager.changes.subscribe()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::health::{
 };
 use crate::ingest::{IngestReport, Pipeline, PipelineError, run_source};
 use crate::jobs::{JobServer, TaskExit};
-use crate::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore, StoreError};
+use crate::oplog::{OplogStore, PostgresStore, SqliteStore, StoreError};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginWatcher, WatchError};
 use crate::schematic::SchematicBody;
 use crate::schematic::datastream::{
@@ -196,6 +196,13 @@ impl Node {
             Some(dbs.clone()),
         ));
         entities.refresh().await?;
+        // Sources that load an entity on request: a new entity of one of
+        // them starts `pending` and is backfilled by it.
+        entities.set_loadable_sources(config.sources.iter().filter_map(|s| match s {
+            SourceConfig::Jsonl(c) => Some(c.name.clone()),
+            SourceConfig::Mongo(c) => Some(c.name.clone()),
+            SourceConfig::Schematic(_) => None,
+        }));
         for entity in &config.entities {
             let spec = EntitySpec {
                 name: entity.name.clone(),
@@ -207,8 +214,9 @@ impl Node {
                 plugin: entity.plugin.clone(),
                 config: entity.config.clone(),
             };
+            let status = entities.initial_status(&spec.source);
             entities
-                .apply(spec, EntityStatus::Ready)
+                .apply(spec, status)
                 .await
                 .map_err(|source| NodeError::Entity {
                     entity: entity.name.clone(),
@@ -634,9 +642,10 @@ fn build_source(
     entities: &Arc<EntityManager>,
 ) -> Result<Box<dyn Source>, NodeError> {
     Ok(match config {
-        SourceConfig::Jsonl(config) => {
-            Box::new(JsonlFileSource::new(&config.name, &config.path, batch))
-        }
+        SourceConfig::Jsonl(config) => Box::new(
+            JsonlFileSource::new(&config.name, &config.path, batch)
+                .following(entities.source_view(&config.name)),
+        ),
         SourceConfig::Schematic(config) => {
             let status = datastreams
                 .iter()
@@ -648,15 +657,11 @@ fn build_source(
         SourceConfig::Mongo(config) => {
             // Only collections an entity is fed by are snapshotted (and
             // re-snapshotted after a drop or rename).
-            let (entities, name) = (entities.clone(), config.name.clone());
-            let routed: crate::sources::mongo::Routed = Arc::new(move |collection: &str| {
-                entities
-                    .routes(&name, collection)
-                    .into_iter()
-                    .map(|def| def.name)
-                    .collect()
-            });
-            Box::new(MongoSource::new(config.clone(), batch, Some(routed)))
+            Box::new(MongoSource::new(
+                config.clone(),
+                batch,
+                entities.source_view(&config.name),
+            ))
         }
     })
 }

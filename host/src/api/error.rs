@@ -55,7 +55,8 @@ impl From<EntityError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             EntityError::NotFound(_) => StatusCode::NOT_FOUND,
-            EntityError::Exists(_) => StatusCode::CONFLICT,
+            EntityError::Exists(_) | EntityError::Loading { .. } => StatusCode::CONFLICT,
+            EntityError::NotLoadable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EntityError::Plugin(PluginError::ConfigRejected { .. }) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -17,7 +17,7 @@ use crate::cache::redis::MemoryTarget;
 use crate::entities::{EntityManager, EntitySpec, user_status};
 use crate::health::HealthState;
 use crate::ingest::Pipeline;
-use crate::oplog::{EntityStatus, OplogStore, read_entities_log};
+use crate::oplog::{OplogStore, read_entities_log};
 use crate::plugin::PluginRegistry;
 
 /// What the handlers share.
@@ -64,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rejected", get(rejected))
         .route("/api/rejected/replay", post(replay))
         .route("/api/replication/stats", get(stats))
+        .route("/api/replication/recreate/{entity}", post(recreate))
         .route("/api/cache/keys", get(memory_keys))
         .route("/api/cache/keys/{*key}", get(memory_key))
         .with_state(state)
@@ -100,10 +101,25 @@ async fn create_entity(
     })?;
     let status = match request.status.as_deref() {
         Some(text) => user_status(text)?,
-        None => EntityStatus::Ready,
+        // A new entity of a source that loads is backfilled by it.
+        None => state.entities.initial_status(&request.spec.source),
     };
     let def = state.entities.create(request.spec, status).await?;
     Ok((StatusCode::CREATED, Json(json!(def))))
+}
+
+/// `POST /api/replication/recreate/{entity}`: snapshot one entity again
+/// from its source (202: the load runs in the background; the entity is
+/// `pending`, then `scanning`, then `ready`).
+async fn recreate(
+    State(state): State<ApiState>,
+    Path(entity): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let def = state.entities.request_load(&entity).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"entity": def.name, "source": def.source, "status": def.status.as_str()})),
+    ))
 }
 
 async fn get_entity(

@@ -40,11 +40,15 @@
 //!   `begin` keeps the start of a load that is under way, so eviction
 //!   still covers the whole scan. A lost history (error 286) is a new
 //!   `begin` (see [`crate::sources::mongo`]).
-//! - **Backfill of a new entity.** The same brackets with the new entity's
-//!   collections: [`LoadCoordinator`] resolves collections to entities, so
-//!   begin, staging, eviction and `finish_load` work per entity; a backfill
-//!   by entity name only needs a `LoadControl` that names entities instead
-//!   of collections, resolved in [`LoadCoordinator::entities`].
+//! - **Backfill of one entity** (a new entity on a running source, or
+//!   `POST /api/replication/recreate/{entity}`): the same brackets made by
+//!   [`SnapshotLoad::only`], whose batches carry the entity names
+//!   ([`SourceBatch::only`]): [`LoadCoordinator::entities`] resolves the
+//!   brackets to those entities alone and the pipeline routes the pages to
+//!   them alone, so the other entities of the same collections keep
+//!   streaming untouched. The request itself is durable: the entity's status
+//!   `pending` (set on create, or by a recreate) is what a source looks for
+//!   ([`crate::sources::SourceEntities::pending`]).
 
 use std::sync::Arc;
 
@@ -89,6 +93,7 @@ pub enum LoadControl {
 pub struct SnapshotLoad {
     source: String,
     collections: Vec<String>,
+    only: Option<Vec<String>>,
 }
 
 /// How a load ended, as the source tells it.
@@ -108,7 +113,21 @@ impl SnapshotLoad {
         SnapshotLoad {
             source: source.into(),
             collections,
+            only: None,
         }
+    }
+
+    /// This load for `entities` alone (a backfill): its batches carry them
+    /// ([`SourceBatch::only`]), so the other entities of its collections are
+    /// neither staged, nor written, nor evicted.
+    pub fn only(mut self, entities: Vec<String>) -> Self {
+        self.only = Some(entities);
+        self
+    }
+
+    /// The entities the load is for, when it is for some alone.
+    pub fn entities(&self) -> Option<&[String]> {
+        self.only.as_deref()
     }
 
     /// The source name.
@@ -128,6 +147,7 @@ impl SnapshotLoad {
             load: Some(LoadControl::Begin {
                 collections: self.collections.clone(),
             }),
+            only: self.only.clone(),
             ..SourceBatch::default()
         }
     }
@@ -138,6 +158,7 @@ impl SnapshotLoad {
             source: self.source.clone(),
             changes,
             snapshot: true,
+            only: self.only.clone(),
             ..SourceBatch::default()
         }
     }
@@ -162,6 +183,7 @@ impl SnapshotLoad {
                 complete: end.complete,
             }),
             committed: end.committed,
+            only: self.only.clone(),
             ..SourceBatch::default()
         }
     }
@@ -185,8 +207,21 @@ impl LoadCoordinator {
         LoadCoordinator { store, entities }
     }
 
-    /// The entities an initial load of `collections` of `source` feeds.
-    pub fn entities(&self, source: &str, collections: &[String]) -> Vec<EntityDef> {
+    /// The entities a load of `collections` of `source` is for: `only`
+    /// when given (a backfill, by name), else every entity they feed.
+    pub fn entities(
+        &self,
+        source: &str,
+        collections: &[String],
+        only: Option<&[String]>,
+    ) -> Vec<EntityDef> {
+        if let Some(names) = only {
+            return names
+                .iter()
+                .filter_map(|name| self.entities.known_def(name))
+                .filter(|def| def.status != EntityStatus::Deleting)
+                .collect();
+        }
         let mut entities: Vec<EntityDef> = Vec::new();
         for collection in collections {
             for def in self.entities.routes(source, collection) {
@@ -200,9 +235,14 @@ impl LoadCoordinator {
 
     /// Start a load: remember the oplog head (unless a load of the entity
     /// is already under way, whose start stays) and stage stream rows.
-    pub async fn begin(&self, source: &str, collections: &[String]) -> Result<(), StoreError> {
+    pub async fn begin(
+        &self,
+        source: &str,
+        collections: &[String],
+        only: Option<&[String]>,
+    ) -> Result<(), StoreError> {
         let head = self.store.head().await?;
-        for def in self.entities(source, collections) {
+        for def in self.entities(source, collections, only) {
             let key = MetaKey::Load(&def.name).key();
             let running = def.status.stages_stream_rows()
                 && self
@@ -232,10 +272,11 @@ impl LoadCoordinator {
         &self,
         source: &str,
         collections: &[String],
+        only: Option<&[String]>,
         complete: bool,
         position: Option<SourcePosition>,
     ) -> Result<(), StoreError> {
-        for def in self.entities(source, collections) {
+        for def in self.entities(source, collections, only) {
             let key = MetaKey::Load(&def.name).key();
             let start = self
                 .store

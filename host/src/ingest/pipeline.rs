@@ -142,7 +142,11 @@ impl Pipeline {
             let index = match cached {
                 Some(index) => index,
                 None => {
-                    let targets = self.entities.routes(&change.source, &change.collection);
+                    let mut targets = self.entities.routes(&change.source, &change.collection);
+                    if let Some(only) = &batch.only {
+                        // A backfill's batch: its entities alone.
+                        targets.retain(|def| only.contains(&def.name));
+                    }
                     routes_cache
                         .push(((change.source.clone(), change.collection.clone()), targets));
                     routes_cache.len() - 1
@@ -182,7 +186,9 @@ impl Pipeline {
             position,
         });
         if let Some(LoadControl::Begin { collections }) = &batch.load {
-            self.loads.begin(&batch.source, collections).await?;
+            self.loads
+                .begin(&batch.source, collections, batch.only.as_deref())
+                .await?;
         }
         match &batch.load {
             Some(LoadControl::End {
@@ -195,7 +201,13 @@ impl Pipeline {
                 let committed = self.commit(groups, None, batch.snapshot).await?;
                 report.add(committed);
                 self.loads
-                    .end(&batch.source, collections, *complete, position)
+                    .end(
+                        &batch.source,
+                        collections,
+                        batch.only.as_deref(),
+                        *complete,
+                        position,
+                    )
                     .await?;
             }
             _ => {

@@ -11,10 +11,17 @@
 //! a number. Blank lines and lines starting with `#` are skipped.
 
 use std::io::BufRead;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use super::{
+    CommitSignal, LoadEnd, SnapshotLoad, Source, SourceBatch, SourceEntities, SourceError,
+};
 use crate::model::{Change, ChangeOp};
 
 /// The default source name of JSON-lines changes.
@@ -142,10 +149,20 @@ pub fn read(reader: impl BufRead) -> impl Iterator<Item = Result<Change, LineErr
 /// A JSON-lines file as a source. Its position is the number of the last
 /// line whose change was committed, so a restart resumes after it. Bad lines
 /// are logged and skipped (the position moves past them).
+///
+/// **Backfill.** A source made [`following`](Self::following) its entities
+/// loads those that are `pending` (created while it runs, or a recreate
+/// asked for): one load for them alone ([`SnapshotLoad::only`]) whose pages
+/// replay the lines already committed, then the new lines as usual (their
+/// rows of the loading entities staged), then the load's end (evicting what
+/// the replay did not write). After the end of the file it waits for more
+/// pending entities instead of finishing. Without it (the CLI's `ingest`,
+/// one-off runs) the source reads to the end and finishes.
 pub struct JsonlFileSource {
     name: String,
     path: std::path::PathBuf,
     batch_size: usize,
+    entities: Option<Arc<dyn SourceEntities>>,
 }
 
 impl JsonlFileSource {
@@ -159,45 +176,78 @@ impl JsonlFileSource {
             name: name.into(),
             path: path.into(),
             batch_size: batch_size.max(1),
+            entities: None,
         }
     }
-}
 
-#[async_trait::async_trait]
-impl super::Source for JsonlFileSource {
-    fn name(&self) -> &str {
-        &self.name
+    /// Backfill the pending entities of `entities` and keep running after
+    /// the end of the file (see the type's documentation).
+    pub fn following(mut self, entities: Arc<dyn SourceEntities>) -> Self {
+        self.entities = Some(entities);
+        self
     }
 
-    async fn run(
-        &mut self,
-        position: Option<String>,
-        out: tokio::sync::mpsc::Sender<super::SourceBatch>,
-        cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<(), super::SourceError> {
-        use tokio::io::AsyncBufReadExt;
-        let read_err = |reason: String| super::SourceError::Read {
+    fn error(&self, reason: String) -> SourceError {
+        SourceError::Read {
             source_name: self.name.clone(),
             reason,
-        };
-        let skip: usize = position
-            .as_deref()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        }
+    }
+
+    /// Send `batch`; `false` when cancelled.
+    async fn send(
+        &self,
+        out: &mpsc::Sender<SourceBatch>,
+        batch: SourceBatch,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError> {
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(false),
+            sent = out.send(batch) => sent
+                .map(|()| true)
+                .map_err(|_| SourceError::Closed(self.name.clone())),
+        }
+    }
+
+    /// A reader of the changes of lines `after + 1 ..= until` (to the end
+    /// when `until` is `None`).
+    async fn lines(&self, after: usize, until: Option<usize>) -> Result<LineBatches, SourceError> {
         let file = tokio::fs::File::open(&self.path)
             .await
-            .map_err(|e| read_err(format!("{}: {e}", self.path.display())))?;
-        let mut lines = tokio::io::BufReader::new(file).lines();
-        let mut number = 0usize;
-        let mut changes = Vec::with_capacity(self.batch_size);
-        loop {
-            let line = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                line = lines.next_line() => line.map_err(|e| read_err(e.to_string()))?,
-            };
+            .map_err(|e| self.error(format!("{}: {e}", self.path.display())))?;
+        Ok(LineBatches {
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(file)),
+            number: 0,
+            after,
+            until,
+            ended: false,
+        })
+    }
+
+    /// The next batch of `reader` (at most `batch_size` changes) and the
+    /// number of its last line; `None` at its end. The last batch may be
+    /// empty: it carries the number of the last (bad or blank) lines.
+    async fn next_batch(
+        &self,
+        reader: &mut LineBatches,
+    ) -> Result<Option<(Vec<Change>, usize)>, SourceError> {
+        if reader.ended {
+            return Ok(None);
+        }
+        let mut changes = Vec::new();
+        while reader.until.is_none_or(|until| reader.number < until) {
+            let line = reader
+                .lines
+                .next_line()
+                .await
+                .map_err(|e| self.error(e.to_string()))?;
             let Some(text) = line else { break };
-            number += 1;
-            if number <= skip || text.trim().is_empty() || text.trim_start().starts_with('#') {
+            reader.number += 1;
+            let number = reader.number;
+            if number <= reader.after
+                || text.trim().is_empty()
+                || text.trim_start().starts_with('#')
+            {
                 continue;
             }
             match parse_line(&text, number) {
@@ -207,32 +257,140 @@ impl super::Source for JsonlFileSource {
                     }
                     changes.push(change);
                 }
-                Err(error) => tracing::warn!(source = %self.name, %error, "skipping bad line"),
+                Err(error) => tracing::warn!(%error, "skipping bad line"),
             }
             if changes.len() >= self.batch_size {
-                let batch = super::SourceBatch {
-                    source: self.name.clone(),
-                    changes: std::mem::take(&mut changes),
-                    position: Some(number.to_string()),
-                    ..super::SourceBatch::default()
-                };
-                out.send(batch)
-                    .await
-                    .map_err(|_| super::SourceError::Closed(self.name.clone()))?;
+                return Ok(Some((changes, number)));
             }
         }
-        if number > skip {
-            let batch = super::SourceBatch {
-                source: self.name.clone(),
-                changes,
-                position: Some(number.to_string()),
-                ..super::SourceBatch::default()
+        reader.ended = true;
+        Ok((reader.number > reader.after).then_some((changes, reader.number)))
+    }
+
+    async fn follow(
+        &self,
+        position: Option<String>,
+        out: mpsc::Sender<SourceBatch>,
+        cancel: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut committed: usize = position
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let mut changed = self.entities.as_ref().map(|e| e.changed());
+        loop {
+            if let Some(changed) = changed.as_mut() {
+                changed.borrow_and_update();
+            }
+            let pending = self
+                .entities
+                .as_ref()
+                .map(|e| e.pending())
+                .unwrap_or_default();
+            let load = (!pending.is_empty())
+                .then(|| SnapshotLoad::new(self.name.clone(), Vec::new()).only(pending));
+            if let Some(load) = &load {
+                tracing::info!(entities = ?load.entities(), replayed_lines = committed, "backfill begins: the committed lines are replayed for these entities");
+                if !self.send(&out, load.begin(), &cancel).await? {
+                    return Ok(());
+                }
+                let mut replay = self.lines(0, Some(committed)).await?;
+                loop {
+                    let next = tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        next = self.next_batch(&mut replay) => next?,
+                    };
+                    let Some((changes, _)) = next else { break };
+                    if !self.send(&out, load.page(changes), &cancel).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            let mut reader = self.lines(committed, None).await?;
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    next = self.next_batch(&mut reader) => next?,
+                };
+                let Some((changes, number)) = next else { break };
+                let batch = SourceBatch {
+                    source: self.name.clone(),
+                    changes,
+                    position: Some(number.to_string()),
+                    ..SourceBatch::default()
+                };
+                if !self.send(&out, batch, &cancel).await? {
+                    return Ok(());
+                }
+            }
+            committed = reader.number.max(committed);
+            if let Some(load) = &load {
+                // Waits for the end's commit: until then the entities still
+                // read as pending and would be loaded again.
+                let (signal, mut done) = CommitSignal::new();
+                let end = load.end(LoadEnd {
+                    complete: true,
+                    position: None,
+                    committed: Some(signal),
+                });
+                if !self.send(&out, end, &cancel).await? {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    fired = done.wait_for(Option::is_some) => {
+                        if fired.is_err() {
+                            return Err(SourceError::Closed(self.name.clone()));
+                        }
+                    }
+                }
+                tracing::info!(entities = ?load.entities(), lines = committed, "backfill ends");
+            }
+            let Some(changed) = changed.as_mut() else {
+                return Ok(());
             };
-            out.send(batch)
-                .await
-                .map_err(|_| super::SourceError::Closed(self.name.clone()))?;
+            if load.is_some() {
+                // Pending entities that arrived during the load.
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                woke = changed.changed() => {
+                    if woke.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        Ok(())
+    }
+}
+
+/// Batches of changes read from a JSON-lines file
+/// ([`JsonlFileSource::next_batch`]).
+struct LineBatches {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::fs::File>>,
+    /// The number of the last line read.
+    number: usize,
+    after: usize,
+    until: Option<usize>,
+    ended: bool,
+}
+
+#[async_trait::async_trait]
+impl Source for JsonlFileSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(
+        &mut self,
+        position: Option<String>,
+        out: mpsc::Sender<SourceBatch>,
+        cancel: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let span =
+            tracing::info_span!("jsonl_source", source = %self.name, path = %self.path.display());
+        self.follow(position, out, cancel).instrument(span).await
     }
 }
 

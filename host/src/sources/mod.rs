@@ -42,6 +42,51 @@ pub struct SourceBatch {
     pub load: Option<LoadControl>,
     /// Told the oplog head once this batch is committed.
     pub committed: Option<CommitSignal>,
+    /// The batch concerns only these entities (a backfill's pages and
+    /// brackets): its changes are routed to them alone, and its load
+    /// brackets resolve to them instead of every entity the collections
+    /// feed. `None`: every entity its changes route to.
+    pub only: Option<Vec<String>>,
+}
+
+/// What a source knows of the entities it feeds (the entity manager's view
+/// for one source, [`crate::entities::EntityManager::source_view`]).
+pub trait SourceEntities: Send + Sync {
+    /// The entities `collection` of this source feeds, by name.
+    fn routes(&self, collection: &str) -> Vec<String>;
+
+    /// The entities of this source waiting for a load (status `pending`:
+    /// created on a running source, or a recreate was asked), by name.
+    fn pending(&self) -> Vec<String>;
+
+    /// Changes when an entity is created, changed or removed: a source
+    /// waits on it to notice pending entities.
+    fn changed(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The view of a source run without entities (tests, one-off ingests):
+/// every collection feeds the entity of its own name, nothing is pending.
+#[derive(Debug)]
+pub struct CollectionsAsEntities(tokio::sync::watch::Sender<u64>);
+
+impl Default for CollectionsAsEntities {
+    fn default() -> Self {
+        CollectionsAsEntities(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl SourceEntities for CollectionsAsEntities {
+    fn routes(&self, collection: &str) -> Vec<String> {
+        vec![collection.to_owned()]
+    }
+
+    fn pending(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// A one-shot signal carrying the oplog head after a batch was committed.

@@ -3,6 +3,7 @@
 //! (linking wasmtime once), one module per capability.
 
 mod api;
+mod backfill;
 mod cli;
 mod core_path;
 mod drop_in;

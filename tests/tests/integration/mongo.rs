@@ -24,12 +24,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Deadline of every wait.
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-const DB: &str = "app";
+pub(crate) const DB: &str = "app";
 
 /// The shape of the `items` entities: typed columns, an ObjectId, a date.
-fn items_shape() -> Value {
+pub(crate) fn items_shape() -> Value {
     json!({
         "columns": [
             {"name": "id", "type": "Text", "path": "_id"},
@@ -45,7 +45,7 @@ fn items_shape() -> Value {
 
 /// A project directory: built-in plugins, the shared compile cache,
 /// `sources` and `entities` as TOML.
-fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir plugins");
@@ -64,14 +64,14 @@ fn project(extra: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-fn mongo_source(name: &str, uri: &str, mode: &str, extra: &str) -> String {
+pub(crate) fn mongo_source(name: &str, uri: &str, mode: &str, extra: &str) -> String {
     format!(
         "[[sources]]\nkind = \"mongo\"\nname = \"{name}\"\nuri = \"{uri}\"\ndatabase = \"{DB}\"\n\
          full_document = \"{mode}\"\n{extra}\n"
     )
 }
 
-fn items_entity(name: &str, source: &str) -> String {
+pub(crate) fn items_entity(name: &str, source: &str) -> String {
     format!(
         "[[entities]]\nname = \"{name}\"\nplugin = \"shape\"\nsource = \"{source}\"\n\
          collection = \"items\"\nconfig = {}\n",
@@ -80,7 +80,7 @@ fn items_entity(name: &str, source: &str) -> String {
 }
 
 /// A JSON value as an inline TOML value.
-fn toml_inline(value: &Value) -> String {
+pub(crate) fn toml_inline(value: &Value) -> String {
     match value {
         Value::Object(map) => format!(
             "{{ {} }}",
@@ -97,7 +97,7 @@ fn toml_inline(value: &Value) -> String {
     }
 }
 
-async fn client(mongo: &MongoServer) -> mongodb::Client {
+pub(crate) async fn client(mongo: &MongoServer) -> mongodb::Client {
     mongodb::Client::with_uri_str(mongo.uri())
         .await
         .expect("mongodb client")
@@ -105,7 +105,7 @@ async fn client(mongo: &MongoServer) -> mongodb::Client {
 
 /// Read a value with `read` every 20 ms until `done` holds for it or
 /// [`WAIT`] passes; returns whether it held, and the last value.
-async fn poll<T, F, Fut>(mut read: F, done: impl Fn(&T) -> bool) -> (bool, T)
+pub(crate) async fn poll<T, F, Fut>(mut read: F, done: impl Fn(&T) -> bool) -> (bool, T)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = T>,
@@ -123,7 +123,7 @@ where
     }
 }
 
-async fn start_node(config: &Path) -> Node {
+pub(crate) async fn start_node(config: &Path) -> Node {
     let mut node = Node::open(Config::load(Some(config)).expect("config"))
         .await
         .expect("open node");
@@ -141,7 +141,7 @@ async fn wait_for_position(node: &Node, source: &str) -> String {
     position.unwrap_or_default()
 }
 
-async fn entity_log(node: &Node, entity: &str) -> Vec<OplogEntry> {
+pub(crate) async fn entity_log(node: &Node, entity: &str) -> Vec<OplogEntry> {
     node.store
         .read_log(0, 100_000)
         .await
@@ -152,7 +152,7 @@ async fn entity_log(node: &Node, entity: &str) -> Vec<OplogEntry> {
 }
 
 /// The cache rows of an `items` entity, by id: (name, qty, owner, at, city, nick).
-type ItemRow = (
+pub(crate) type ItemRow = (
     Option<String>,
     Option<i64>,
     Option<String>,
@@ -161,7 +161,7 @@ type ItemRow = (
     Option<String>,
 );
 
-fn cache_rows(data: &Path, entity: &str) -> Option<BTreeMap<String, ItemRow>> {
+pub(crate) fn cache_rows(data: &Path, entity: &str) -> Option<BTreeMap<String, ItemRow>> {
     let path = data.join(format!("dbs/{entity}/db.sqlite"));
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     let mut stmt = conn
@@ -326,7 +326,11 @@ async fn read_changes(
     position: Option<String>,
     count: usize,
 ) -> (Vec<Change>, Option<String>) {
-    let mut source = MongoSource::new(config.clone(), 100, None);
+    let mut source = MongoSource::new(
+        config.clone(),
+        100,
+        std::sync::Arc::new(emcachers::sources::CollectionsAsEntities::default()),
+    );
     let (tx, mut rx) = mpsc::channel::<SourceBatch>(16);
     let cancel = CancellationToken::new();
     let task = {
@@ -779,10 +783,10 @@ async fn kill_9_of_emcachers_while_documents_change_loses_and_repeats_nothing() 
 }
 
 /// (name, qty) by row id.
-type NameQty = BTreeMap<String, (Option<String>, Option<i64>)>;
+pub(crate) type NameQty = BTreeMap<String, (Option<String>, Option<i64>)>;
 
 /// The (name, qty) of cache rows, by id.
-fn name_qty(rows: &Option<BTreeMap<String, ItemRow>>) -> Option<NameQty> {
+pub(crate) fn name_qty(rows: &Option<BTreeMap<String, ItemRow>>) -> Option<NameQty> {
     rows.as_ref().map(|rows| {
         rows.iter()
             .map(|(id, row)| (id.clone(), (row.0.clone(), row.1)))
@@ -792,7 +796,7 @@ fn name_qty(rows: &Option<BTreeMap<String, ItemRow>>) -> Option<NameQty> {
 
 /// The (name, qty) of every document of a collection, by id (`_id` as the
 /// row id: an int or a string).
-async fn collection_name_qty(collection: &mongodb::Collection<Document>) -> NameQty {
+pub(crate) async fn collection_name_qty(collection: &mongodb::Collection<Document>) -> NameQty {
     let mut out = BTreeMap::new();
     let mut cursor = collection.find(doc! {}).await.unwrap();
     while cursor.advance().await.unwrap() {
@@ -813,7 +817,7 @@ async fn collection_name_qty(collection: &mongodb::Collection<Document>) -> Name
     out
 }
 
-fn entity(name: &str, source: &str, collection: &str) -> String {
+pub(crate) fn entity(name: &str, source: &str, collection: &str) -> String {
     items_entity(name, source).replace(
         "collection = \"items\"",
         &format!("collection = \"{collection}\""),
@@ -822,7 +826,7 @@ fn entity(name: &str, source: &str, collection: &str) -> String {
 
 /// `count` documents of several BSON types: ints, 64-bit ints, dates,
 /// nested documents; ObjectId ids in `people`.
-async fn seed(db: &mongodb::Database, count: i32) {
+pub(crate) async fn seed(db: &mongodb::Database, count: i32) {
     let items: Vec<Document> = (0..count)
         .map(|i| {
             doc! {"_id": i, "name": format!("n{i}"), "qty": i64::from(i) * 1_000_000_007,

@@ -60,6 +60,17 @@
 //! fed by several collections is always loaded with all of them (eviction
 //! works per entity).
 //!
+//! **Backfill.** An entity of this source that is `pending` (created while
+//! the source runs, or `POST /api/replication/recreate/{entity}`) is loaded
+//! alone: between loads, after each stream read, the source asks its
+//! [`SourceEntities`] view for pending entities and snapshots the routed
+//! collections that feed them with a load for those entities only
+//! ([`SnapshotLoad::only`]; the scan state names them, so a restart resumes
+//! the backfill). Other entities of the same collections keep streaming and
+//! are not loaded again. The source waits for the previous load's end to be
+//! committed before it looks, so an entity is never loaded twice for one
+//! request.
+//!
 //! Re-snapshots, never "continue from now":
 //! - a lost history (286, 260, 280, 136 — when reading or when opening
 //!   from the saved token): the stream is opened anew from now, and every
@@ -128,7 +139,7 @@ use position::{Position, ScanState};
 use scan::ScanMsg;
 pub use scan::{ScanReport, ScanStatus};
 
-use super::{Source, SourceBatch, SourceError};
+use super::{CommitSignal, Source, SourceBatch, SourceEntities, SourceError};
 use crate::ingest::load::{LoadEnd, SnapshotLoad};
 use crate::ingest::retry::Backoff;
 use crate::model::{Change, ChangeOp};
@@ -147,30 +158,30 @@ pub const MAX_REOPENS: u32 = 8;
 /// Chunks the scan task reads ahead of the source.
 const SCAN_AHEAD: usize = 4;
 
-/// The entities a collection of this source feeds (by name); empty when
-/// none. Drops and renames of unrouted collections are skipped, and only
-/// routed collections are snapshotted.
-pub type Routed = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
-
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 
 /// A MongoDB change stream as a [`Source`] (see the module documentation).
 pub struct MongoSource {
     config: MongoSourceConfig,
     batch_max: usize,
-    routed: Routed,
+    entities: Arc<dyn SourceEntities>,
     status: Arc<ScanStatus>,
 }
 
 impl MongoSource {
     /// The source `config` describes, at most `batch_max` changes per
-    /// batch. `routed` names the entities a collection feeds; with `None`
-    /// every collection counts as routed (to an entity of its own name).
-    pub fn new(config: MongoSourceConfig, batch_max: usize, routed: Option<Routed>) -> Self {
+    /// batch. `entities` names the entities a collection feeds (drops and
+    /// renames of unrouted collections are skipped, only routed collections
+    /// are snapshotted) and those waiting for a backfill.
+    pub fn new(
+        config: MongoSourceConfig,
+        batch_max: usize,
+        entities: Arc<dyn SourceEntities>,
+    ) -> Self {
         MongoSource {
             config,
             batch_max: batch_max.max(1),
-            routed: routed.unwrap_or_else(|| Arc::new(|c: &str| vec![c.to_owned()])),
+            entities,
             status: Arc::default(),
         }
     }
@@ -187,7 +198,7 @@ impl MongoSource {
     }
 
     fn is_routed(&self, collection: &str) -> bool {
-        !collection.starts_with("system.") && !(self.routed)(collection).is_empty()
+        !collection.starts_with("system.") && !self.entities.routes(collection).is_empty()
     }
 
     /// Whether the stream reads `collection` (the configured filter).
@@ -222,14 +233,19 @@ impl MongoSource {
         affected: &[String],
     ) -> Result<Vec<String>, SourceError> {
         let known = self.routed_collections(db).await?;
-        let entities: BTreeSet<String> = affected.iter().flat_map(|c| (self.routed)(c)).collect();
+        let entities: BTreeSet<String> = affected
+            .iter()
+            .flat_map(|c| self.entities.routes(c))
+            .collect();
         let mut out: BTreeSet<String> = affected
             .iter()
             .filter(|c| self.is_routed(c))
             .cloned()
             .collect();
         for collection in known {
-            if (self.routed)(&collection)
+            if self
+                .entities
+                .routes(&collection)
                 .iter()
                 .any(|e| entities.contains(e))
             {
@@ -238,6 +254,21 @@ impl MongoSource {
         }
         Ok(out.into_iter().collect())
     }
+
+    /// The routed collections that feed any of `entities`.
+    async fn collections_of(
+        &self,
+        db: &Database,
+        entities: &[String],
+    ) -> Result<Vec<String>, SourceError> {
+        Ok(self
+            .routed_collections(db)
+            .await?
+            .into_iter()
+            .filter(|c| self.entities.routes(c).iter().any(|e| entities.contains(e)))
+            .collect())
+    }
+
     fn error(&self, reason: String) -> SourceError {
         SourceError::Read {
             source_name: self.config.name.clone(),
@@ -373,6 +404,13 @@ impl MongoSource {
         Ok(match saved.scan.clone() {
             Some(mut scan) => {
                 for collection in new {
+                    if let Some(entities) = scan.entities.as_mut() {
+                        for entity in self.entities.routes(&collection) {
+                            if !entities.contains(&entity) {
+                                entities.push(entity);
+                            }
+                        }
+                    }
                     if !scan.collections.contains(&collection) {
                         scan.collections.push(collection);
                     }
@@ -459,6 +497,11 @@ impl MongoSource {
             pending: Vec::new(),
             pending_since: Instant::now(),
             load: None,
+            changed: self.entities.changed(),
+            last_end: None,
+            // Entities left pending by an earlier run are backfilled once
+            // the load this run starts with (if any) has ended.
+            recheck: true,
         };
         let started = match initial {
             // The stream is open: its token is the position before the scan.
@@ -577,6 +620,13 @@ struct Run<'a> {
     pending: Vec<Change>,
     pending_since: Instant,
     load: Option<Load>,
+    /// Entity changes: a new pending entity is backfilled.
+    changed: tokio::sync::watch::Receiver<u64>,
+    /// The commit of the last load's end: until it fires the loaded
+    /// entities may still read as pending.
+    last_end: Option<tokio::sync::watch::Receiver<Option<i64>>>,
+    /// Look for pending entities even without a new entity change.
+    recheck: bool,
 }
 
 impl Run<'_> {
@@ -632,14 +682,17 @@ impl Run<'_> {
         }
         self.load = None;
         let name = self.src.config.name.clone();
-        let snapshot = SnapshotLoad::new(name.clone(), state.collections.clone());
+        let mut snapshot = SnapshotLoad::new(name.clone(), state.collections.clone());
+        if let Some(entities) = &state.entities {
+            snapshot = snapshot.only(entities.clone());
+        }
         self.sent.scan = Some(state.clone());
         let token = self.token.clone();
         if !self.send(snapshot.begin(), token).await? {
             return Ok(false);
         }
-        tracing::info!(collections = ?state.collections, current = %state.current,
-            resumed_after = ?state.after, "snapshot load begun");
+        tracing::info!(collections = ?state.collections, entities = ?state.entities,
+            current = %state.current, resumed_after = ?state.after, "snapshot load begun");
         let (tx, rx) = mpsc::channel(SCAN_AHEAD);
         let task = tokio::spawn(
             scan::run(
@@ -661,21 +714,97 @@ impl Run<'_> {
         Ok(true)
     }
 
-    /// Snapshot `collections` again (with those of a load under way).
+    /// Snapshot `collections` again, for every entity they feed (with the
+    /// collections and entities of a load under way).
     async fn resnapshot(&mut self, collections: Vec<String>) -> Result<bool, SourceError> {
-        let mut all: Vec<String> = self
-            .load
-            .as_ref()
-            .map(|l| l.snapshot.collections().to_vec())
-            .unwrap_or_default();
+        let under_way = self.load.as_ref().map(|l| {
+            (
+                l.snapshot.collections().to_vec(),
+                l.snapshot.entities().map(<[String]>::to_vec),
+            )
+        });
+        let mut all: Vec<String> = Vec::new();
+        // A backfill under way names its entities: the merged load names
+        // them and every entity of the re-snapshotted collections.
+        let mut entities: Option<Vec<String>> = None;
+        if let Some((loading, targets)) = under_way {
+            all = loading;
+            if let Some(mut targets) = targets {
+                for collection in &collections {
+                    for entity in self.src.entities.routes(collection) {
+                        if !targets.contains(&entity) {
+                            targets.push(entity);
+                        }
+                    }
+                }
+                entities = Some(targets);
+            }
+        }
         for collection in collections {
             if !all.contains(&collection) {
                 all.push(collection);
             }
         }
         match ScanState::start(all) {
-            Some(state) => self.begin_load(state).await,
+            Some(mut state) => {
+                state.entities = entities;
+                self.begin_load(state).await
+            }
             None => Ok(true),
+        }
+    }
+
+    /// Backfill the entities waiting for a load (created on the running
+    /// source, or a recreate asked for), alone: their collections are
+    /// scanned while the stream serves the others. Done between loads: an
+    /// entity that becomes pending during one waits for its end (its stream
+    /// rows are staged meanwhile).
+    async fn backfill_pending(&mut self) -> Result<bool, SourceError> {
+        if self.load.is_some() {
+            return Ok(true);
+        }
+        if let Some(end) = &self.last_end {
+            if end.borrow().is_none() {
+                return Ok(true);
+            }
+            self.last_end = None;
+            self.recheck = true;
+        }
+        let woke = self.changed.has_changed().unwrap_or(false);
+        if !(woke || self.recheck) {
+            return Ok(true);
+        }
+        self.changed.borrow_and_update();
+        self.recheck = false;
+        let entities = self.src.entities.pending();
+        if entities.is_empty() {
+            return Ok(true);
+        }
+        let collections = self.src.collections_of(&self.db, &entities).await?;
+        tracing::info!(entities = ?entities, collections = ?collections, "backfill of pending entities");
+        match ScanState::start(collections) {
+            Some(mut state) => {
+                state.entities = Some(entities);
+                self.begin_load(state).await
+            }
+            None => {
+                // Nothing to read yet (no routed collection exists): the
+                // load begins and ends at once, and the entities are ready.
+                let load =
+                    SnapshotLoad::new(self.src.config.name.clone(), Vec::new()).only(entities);
+                let token = self.token.clone();
+                if !self.send(load.begin(), token.clone()).await? {
+                    return Ok(false);
+                }
+                let (signal, fired) = CommitSignal::new();
+                self.last_end = Some(fired);
+                let end = load.end(LoadEnd {
+                    complete: true,
+                    position: None,
+                    committed: Some(signal),
+                });
+                self.send(end, token).await
+            }
         }
     }
 
@@ -738,10 +867,12 @@ impl Run<'_> {
             return Ok(true);
         };
         self.sent.scan = None;
+        let (signal, fired) = CommitSignal::new();
+        self.last_end = Some(fired);
         let batch = load.snapshot.end(LoadEnd {
             complete: true,
             position: None,
-            committed: None,
+            committed: Some(signal),
         });
         let status = &self.src.status;
         status.scanning.store(false, Ordering::Relaxed);
@@ -968,7 +1099,7 @@ impl Run<'_> {
                     }
                 }
             }
-            if !self.drain_scan().await? {
+            if !self.drain_scan().await? || !self.backfill_pending().await? {
                 return Ok(());
             }
         }

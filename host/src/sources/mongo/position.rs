@@ -15,7 +15,9 @@
 //! - `scan`: present while a snapshot scan is under way: the collections
 //!   it loads, the one being read and the last `_id` committed in it
 //!   (canonical Extended JSON, exact), absent before its first chunk.
-//!   Collections before `current` are done, those after it not begun.
+//!   Collections before `current` are done, those after it not begun. A
+//!   backfill's scan names its `entities` (absent: every entity the
+//!   collections feed).
 //!
 //! Slice 1 saved the bare token (`{"_data": "…"}`, no `token` key). Such a
 //! position still resumes the stream; that slice never snapshotted, so the
@@ -36,6 +38,10 @@ pub struct ScanState {
     /// `None` before its first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Value>,
+    /// The entities the load is for, when it is for some alone (a
+    /// backfill); absent: every entity the collections feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entities: Option<Vec<String>>,
 }
 
 impl ScanState {
@@ -47,6 +53,7 @@ impl ScanState {
             collections,
             current,
             after: None,
+            entities: None,
         })
     }
 
@@ -143,6 +150,7 @@ mod tests {
                 collections: vec!["a".into(), "b".into()],
                 current: "b".into(),
                 after: Some(json!({"$oid": "65f0a1b2c3d4e5f601234567"})),
+                entities: Some(vec!["e".into()]),
             }),
             legacy: false,
         };

@@ -1,0 +1,247 @@
+//! Backfill and recreate: an entity created on a running source is loaded
+//! by that source alone (the stream keeps serving the other entities of the
+//! same collections, which are not loaded again), and `POST
+//! /api/replication/recreate/{entity}` snapshots one entity again, evicting
+//! what its source no longer holds. On MongoDB (SecantusDB) and on a
+//! JSON-lines file (its committed lines replayed).
+
+use std::path::Path;
+use std::time::Duration;
+
+use emcachers::node::Node;
+use emcachers::oplog::{AppendBatch, EntityStatus, NewRow, Op};
+use emcachers_tests::services::MongoServer;
+use mongodb::bson::{Document, doc};
+use serde_json::{Value, json};
+
+use crate::mongo::{
+    DB, cache_rows, client, collection_name_qty, entity, items_entity, items_shape, mongo_source,
+    name_qty, poll, project, seed, start_node,
+};
+
+/// A blocking HTTP call on the node's API: (status, JSON body).
+async fn call(node: &Node, method: &'static str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{}{path}", node.api_addr().expect("API bound"));
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let response = match (method, body) {
+            ("GET", _) => agent.get(&url).call(),
+            ("POST", body) => agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(body.map(|b| b.to_string()).unwrap_or_default()),
+            _ => unreachable!("method {method}"),
+        };
+        let mut response = response.expect("HTTP exchange");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    })
+    .await
+    .expect("HTTP task")
+}
+
+async fn status_of(node: &Node, name: &str) -> Option<EntityStatus> {
+    node.store
+        .entity(name)
+        .await
+        .expect("entity")
+        .map(|d| d.status)
+}
+
+async fn log_count(node: &Node, entity: &str) -> usize {
+    node.store
+        .read_entity_log(entity, 0, 1_000_000)
+        .await
+        .expect("entity log")
+        .len()
+}
+
+/// Wait until `entity` is ready and its cache equals `collection`.
+async fn converges(node: &Node, data: &Path, db: &mongodb::Database, name: &str, collection: &str) {
+    let (ready, status) = poll(
+        || status_of(node, name),
+        |s| *s == Some(EntityStatus::Ready),
+    )
+    .await;
+    assert!(ready, "{name} never became ready: {status:?}");
+    let expected = collection_name_qty(&db.collection::<Document>(collection)).await;
+    let (same, rows) = poll(
+        || async { name_qty(&cache_rows(data, name)) },
+        |rows| rows.as_ref() == Some(&expected),
+    )
+    .await;
+    assert!(
+        same,
+        "{name}: cache {} rows, collection {collection} {}",
+        rows.as_ref().map_or(0, |r| r.len()),
+        expected.len()
+    );
+}
+
+fn items_spec(name: &str, collection: &str) -> Value {
+    json!({"name": name, "source": "mongo", "collection": collection, "plugin": "shape",
+           "config": items_shape()})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_entity_on_a_running_mongo_source_is_backfilled_alone_and_recreate_evicts() {
+    let mongo = MongoServer::start();
+    let client = client(&mongo).await;
+    let db = client.database(DB);
+    seed(&db, 600).await;
+    let (_dir, config) = project(&format!(
+        "{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", "scan_chunk = 50"),
+        items_entity("items", "mongo"),
+    ));
+    let node = start_node(&config).await;
+    let data = node.config.data_dir.clone();
+    converges(&node, &data, &db, "items", "items").await;
+    let items_log = log_count(&node, "items").await;
+
+    // Created while the stream runs: `items2` on the collection `items`
+    // already feeds, `people` on one nothing fed yet. Both start pending.
+    for (name, collection) in [("items2", "items"), ("people", "people")] {
+        let (status, body) = call(
+            &node,
+            "POST",
+            "/api/entities",
+            Some(items_spec(name, collection)),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["status"], "pending", "{body}");
+    }
+    // Writes while they load: the stream serves `items` at once and
+    // stages the rows of the loading ones.
+    let items = db.collection::<Document>("items");
+    items
+        .update_one(doc! {"_id": 7}, doc! {"$set": {"name": "during"}})
+        .await
+        .unwrap();
+    items
+        .insert_one(doc! {"_id": 9000_i32, "name": "new", "qty": 3_i32})
+        .await
+        .unwrap();
+    converges(&node, &data, &db, "items2", "items").await;
+    converges(&node, &data, &db, "people", "people").await;
+    converges(&node, &data, &db, "items", "items").await;
+    // `items` was not loaded again: only the two stream changes were added.
+    assert_eq!(log_count(&node, "items").await, items_log + 2);
+
+    // A row the source does not hold (written behind its back): a
+    // recreate snapshots `items2` again and evicts it.
+    node.store
+        .append(AppendBatch {
+            rows: vec![NewRow {
+                entity: "items2".into(),
+                doc_id: "ghost".into(),
+                op: Op::Upsert,
+                data: Some(json!({"id": "ghost", "name": "boo"}).to_string()),
+                plugin: "shape".into(),
+                plugin_version: String::new(),
+            }],
+            ..AppendBatch::default()
+        })
+        .await
+        .unwrap();
+    let (seen, _) = poll(
+        || async { name_qty(&cache_rows(&data, "items2")) },
+        |rows| rows.as_ref().is_some_and(|r| r.contains_key("ghost")),
+    )
+    .await;
+    assert!(seen, "the ghost row never reached the cache");
+    let (status, body) = call(&node, "POST", "/api/replication/recreate/items2", None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "pending", "{body}");
+    converges(&node, &data, &db, "items2", "items").await;
+
+    // Unknown entities and entities of sources that cannot load: clear errors.
+    let (status, body) = call(&node, "POST", "/api/replication/recreate/nope", None).await;
+    assert_eq!(status, 404, "{body}");
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_entity_on_a_jsonl_source_is_backfilled_from_the_committed_lines() {
+    let lines: Vec<String> = (0..120)
+        .map(|i| {
+            json!({"collection": "items", "op": "upsert", "id": format!("i{i:03}"),
+                   "document": {"_id": format!("i{i:03}"), "name": format!("n{i}"), "qty": i}})
+            .to_string()
+        })
+        .chain([json!({"collection": "items", "op": "delete", "id": "i005"}).to_string()])
+        .collect();
+    let (dir, config) = project(&format!(
+        "[[sources]]\nkind = \"jsonl\"\nname = \"file\"\npath = \"changes.jsonl\"\n{}",
+        entity("items", "file", "items")
+    ));
+    std::fs::write(dir.path().join("changes.jsonl"), lines.join("\n") + "\n").unwrap();
+    // The source path is relative to the working directory: make it absolute.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "path = \"changes.jsonl\"",
+        &format!("path = {:?}", dir.path().join("changes.jsonl")),
+    );
+    std::fs::write(&config, text).unwrap();
+    let node = start_node(&config).await;
+    let data = node.config.data_dir.clone();
+    let expected: Vec<String> = (0..120)
+        .filter(|i| *i != 5)
+        .map(|i| format!("i{i:03}"))
+        .collect();
+    let ids = |name: &'static str| {
+        let data = data.clone();
+        move || {
+            let data = data.clone();
+            async move { cache_rows(&data, name).map(|rows| rows.keys().cloned().collect::<Vec<_>>()) }
+        }
+    };
+    // A configured entity of a source that loads starts pending; the
+    // first read of the file is its load.
+    let (done, got) = poll(ids("items"), |got| got.as_ref() == Some(&expected)).await;
+    assert!(done, "{got:?}");
+    let (ready, status) = poll(
+        || status_of(&node, "items"),
+        |s| *s == Some(EntityStatus::Ready),
+    )
+    .await;
+    assert!(ready, "{status:?}");
+    let items_log = log_count(&node, "items").await;
+
+    let mut spec = items_spec("copy", "items");
+    spec["source"] = json!("file");
+    let (status, body) = call(&node, "POST", "/api/entities", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "pending", "{body}");
+    let (done, got) = poll(ids("copy"), |got| got.as_ref() == Some(&expected)).await;
+    assert!(done, "the backfill of copy: {got:?}");
+    let (ready, status) = poll(
+        || status_of(&node, "copy"),
+        |s| *s == Some(EntityStatus::Ready),
+    )
+    .await;
+    assert!(ready, "{status:?}");
+    assert_eq!(
+        log_count(&node, "items").await,
+        items_log,
+        "items was not read again"
+    );
+
+    // Recreate replays the file for `copy` alone.
+    let (status, body) = call(&node, "POST", "/api/replication/recreate/copy", None).await;
+    assert_eq!(status, 202, "{body}");
+    let (ready, status) = poll(
+        || status_of(&node, "copy"),
+        |s| *s == Some(EntityStatus::Ready),
+    )
+    .await;
+    assert!(ready, "{status:?}");
+    let (done, got) = poll(ids("copy"), |got| got.as_ref() == Some(&expected)).await;
+    assert!(done, "{got:?}");
+    assert_eq!(log_count(&node, "items").await, items_log);
+    node.shutdown(Duration::from_secs(5)).await;
+}
