@@ -25,7 +25,7 @@ use crate::schematic::datastream::{
 };
 use crate::sources::Source;
 use crate::sources::jsonl::JsonlFileSource;
-use crate::sources::mongo::MongoSource;
+use crate::sources::mongo::{MongoProbe, MongoSource, ScanStatus};
 
 /// Why the node could not start or a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +117,8 @@ pub struct Node {
     pub dbs: CacheDbManager,
     /// Background jobs.
     pub jobs: JobServer,
-    /// The status of each datastream source of the configuration, by source name.
-    pub datastreams: Vec<(String, Arc<DatastreamStatus>)>,
+    /// The status of each datastream and MongoDB source of the configuration.
+    pub statuses: SourceStatuses,
     watcher: Option<PluginWatcher>,
     api_addr: Option<std::net::SocketAddr>,
     health_addr: Option<std::net::SocketAddr>,
@@ -240,12 +240,7 @@ impl Node {
                 }
             }
         }
-        let datastreams = config
-            .sources
-            .iter()
-            .filter(|s| matches!(s, SourceConfig::Schematic(_)))
-            .map(|s| (s.name().to_owned(), Arc::new(DatastreamStatus::default())))
-            .collect();
+        let statuses = SourceStatuses::of(&config.sources);
         let pipeline = Arc::new(
             Pipeline::new(store.clone(), entities.clone()).with_retry(config.retry.clone()),
         );
@@ -257,7 +252,7 @@ impl Node {
             pipeline,
             dbs,
             jobs: JobServer::new(),
-            datastreams,
+            statuses,
             watcher: None,
             api_addr: None,
             health_addr: None,
@@ -298,7 +293,15 @@ impl Node {
         self.config
             .sources
             .iter()
-            .map(|source| build_source(source, batch, &self.datastreams, &self.entities))
+            .map(|source| {
+                build_source(
+                    source,
+                    batch,
+                    &self.statuses,
+                    &self.entities,
+                    &self.config.retry,
+                )
+            })
             .collect()
     }
 
@@ -327,15 +330,15 @@ impl Node {
 
     /// What the health endpoints read.
     pub fn health_state(&self) -> HealthState {
-        let sources: Vec<Arc<dyn SourceProbe>> = self
-            .datastreams
-            .iter()
-            .map(|(name, status)| {
-                Arc::new(DatastreamProbe::new(name.clone(), status.clone())) as Arc<dyn SourceProbe>
-            })
-            .collect();
+        let datastreams = self.statuses.datastreams.iter().map(|(name, status)| {
+            Arc::new(DatastreamProbe::new(name.clone(), status.clone())) as Arc<dyn SourceProbe>
+        });
+        let mongos = self.statuses.mongos.iter().map(|(name, status)| {
+            Arc::new(MongoProbe::new(name.clone(), status.clone())) as Arc<dyn SourceProbe>
+        });
+        let sources: Vec<Arc<dyn SourceProbe>> = datastreams.chain(mongos).collect();
         // With a Schematic datastream, `/ready` answers Schematic's body.
-        let body: Arc<dyn ReadinessBody> = if self.datastreams.is_empty() {
+        let body: Arc<dyn ReadinessBody> = if self.statuses.datastreams.is_empty() {
             Arc::new(GenericBody)
         } else {
             Arc::new(SchematicBody::new(
@@ -359,7 +362,10 @@ impl Node {
             return entity.clone();
         }
         let fed_by_datastream = |e: &&crate::config::EntityConfig| {
-            self.datastreams.iter().any(|(name, _)| *name == e.source)
+            self.statuses
+                .datastreams
+                .iter()
+                .any(|(name, _)| *name == e.source)
         };
         self.config
             .entities
@@ -429,14 +435,16 @@ impl Node {
             let (pipeline, store) = (self.pipeline.clone(), self.store.clone());
             let capacity = self.config.oplog.queue_batches.unwrap_or(4);
             let batch = self.config.oplog.batch_size.unwrap_or(1000);
-            let datastreams = self.datastreams.clone();
+            let statuses = self.statuses.clone();
             let entities = self.entities.clone();
+            let retry = self.config.retry.clone();
             let first = FirstRun::new(source);
             self.jobs
                 .spawn(format!("source:{}", config.name()), move |cancel| {
-                    let source = first
-                        .take()
-                        .map_or_else(|| build_source(&config, batch, &datastreams, &entities), Ok);
+                    let source = first.take().map_or_else(
+                        || build_source(&config, batch, &statuses, &entities, &retry),
+                        Ok,
+                    );
                     let (pipeline, store) = (pipeline.clone(), store.clone());
                     source_task(source, pipeline, store, capacity, cancel)
                 });
@@ -604,6 +612,33 @@ impl Node {
     }
 }
 
+/// The status of each configured source that keeps one, shared by its
+/// restarts (a restarted source reports into the same).
+#[derive(Clone, Default)]
+pub struct SourceStatuses {
+    /// Each Schematic datastream source, by name.
+    pub datastreams: Vec<(String, Arc<DatastreamStatus>)>,
+    /// Each MongoDB source (stream, scan progress, backfills), by name.
+    pub mongos: Vec<(String, Arc<ScanStatus>)>,
+}
+
+impl SourceStatuses {
+    /// A fresh status for each source of `sources` that keeps one.
+    fn of(sources: &[SourceConfig]) -> Self {
+        let mut statuses = SourceStatuses::default();
+        for source in sources {
+            match source {
+                SourceConfig::Schematic(c) => {
+                    statuses.datastreams.push((c.name.clone(), Arc::default()))
+                }
+                SourceConfig::Mongo(c) => statuses.mongos.push((c.name.clone(), Arc::default())),
+                SourceConfig::Jsonl(_) => {}
+            }
+        }
+        statuses
+    }
+}
+
 /// A value built before a task starts (so a failure to build it fails
 /// [`Node::start`]), handed to the task's first run; restarts build their own.
 struct FirstRun<T>(std::sync::Mutex<Option<T>>);
@@ -638,8 +673,9 @@ fn shared_listener(
 fn build_source(
     config: &SourceConfig,
     batch: usize,
-    datastreams: &[(String, Arc<DatastreamStatus>)],
+    statuses: &SourceStatuses,
     entities: &Arc<EntityManager>,
+    retry: &crate::ingest::retry::RetryConfig,
 ) -> Result<Box<dyn Source>, NodeError> {
     Ok(match config {
         SourceConfig::Jsonl(config) => Box::new(
@@ -647,7 +683,8 @@ fn build_source(
                 .following(entities.source_view(&config.name)),
         ),
         SourceConfig::Schematic(config) => {
-            let status = datastreams
+            let status = statuses
+                .datastreams
                 .iter()
                 .find(|(name, _)| name == &config.name)
                 .map(|(_, status)| status.clone())
@@ -657,11 +694,17 @@ fn build_source(
         SourceConfig::Mongo(config) => {
             // Only collections an entity is fed by are snapshotted (and
             // re-snapshotted after a drop or rename).
-            Box::new(MongoSource::new(
-                config.clone(),
-                batch,
-                entities.source_view(&config.name),
-            ))
+            let status = statuses
+                .mongos
+                .iter()
+                .find(|(name, _)| name == &config.name)
+                .map(|(_, status)| status.clone())
+                .unwrap_or_default();
+            Box::new(
+                MongoSource::new(config.clone(), batch, entities.source_view(&config.name))
+                    .with_status(status)
+                    .with_retry(retry.clone()),
+            )
         }
     })
 }

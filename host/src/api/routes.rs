@@ -476,10 +476,25 @@ async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
             "failing": status.failing(),
         })
     });
+    // Each source that keeps a status: its stream and the progress of its
+    // loads (a MongoDB scan: scanned of estimated, rate, ETA).
+    let sources: serde_json::Map<String, Value> = state
+        .health
+        .iter()
+        .flat_map(|h| h.sources.iter())
+        .map(|probe| {
+            let mut body = probe.debug();
+            if let Some(object) = body.as_object_mut() {
+                object.insert("kind".into(), json!(probe.kind()));
+            }
+            (probe.name().to_owned(), body)
+        })
+        .collect();
     Ok(Json(json!({
         "backend": state.store.backend(),
         "oplog_head": head,
         "source_positions": positions,
+        "sources": sources,
         "entities": per_entity,
         "replicator": replicator,
     })))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use emcachers::node::Node;
 use emcachers::oplog::{AppendBatch, EntityStatus, NewRow, Op};
-use emcachers_tests::services::MongoServer;
+use emcachers_tests::services::{MongoServer, PostgresServer};
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
@@ -89,12 +89,24 @@ fn items_spec(name: &str, collection: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_entity_on_a_running_mongo_source_is_backfilled_alone_and_recreate_evicts() {
+    mongo_backfill_and_recreate("").await;
+}
+
+/// The same on the PostgreSQL oplog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_backfill_and_recreate_on_the_postgres_oplog() {
+    let server = PostgresServer::shared();
+    let url = server.create_database(&format!("backfill_{}", std::process::id()));
+    mongo_backfill_and_recreate(&format!("[oplog]\npostgres_url = {url:?}\n")).await;
+}
+
+async fn mongo_backfill_and_recreate(oplog: &str) {
     let mongo = MongoServer::start();
     let client = client(&mongo).await;
     let db = client.database(DB);
     seed(&db, 600).await;
     let (_dir, config) = project(&format!(
-        "{}{}",
+        "{oplog}{}{}",
         mongo_source("mongo", &mongo.uri(), "default", "scan_chunk = 50"),
         items_entity("items", "mongo"),
     ));
@@ -159,6 +171,19 @@ async fn a_new_entity_on_a_running_mongo_source_is_backfilled_alone_and_recreate
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "pending", "{body}");
     converges(&node, &data, &db, "items2", "items").await;
+
+    // The source's state and load progress on the API.
+    let (status, stats) = call(&node, "GET", "/api/replication/stats", None).await;
+    assert_eq!(status, 200, "{stats}");
+    let mongo = &stats["sources"]["mongo"];
+    assert_eq!(mongo["kind"], "mongo", "{stats}");
+    assert_eq!(mongo["connected"], true, "{stats}");
+    assert_eq!(mongo["scanning"], false, "{stats}");
+    // The initial scan, then one backfill of both new entities, then the
+    // recreate.
+    assert_eq!(mongo["backfills"], 2, "{stats}");
+    assert_eq!(mongo["completed"], 3, "{stats}");
+    assert!(mongo["scanned"].as_u64().is_some_and(|n| n > 0), "{stats}");
 
     // Unknown entities and entities of sources that cannot load: clear errors.
     let (status, body) = call(&node, "POST", "/api/replication/recreate/nope", None).await;

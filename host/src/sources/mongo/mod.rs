@@ -103,7 +103,9 @@
 //! The driver resumes once by itself on resumable errors. One that still
 //! reaches the source (`errors::ErrorClass::Resumable`) is retried by
 //! reopening the stream from the last token, with backoff
-//! ([`crate::ingest::retry::Backoff`]), at most [`MAX_REOPENS`] times in a
+//! (`[retry]`: [`crate::ingest::retry::Backoff`] from `initial_delay_ms`,
+//! `backoff_multiplier`, `max_delay_ms`), at most `max_attempts` (when not
+//! 0, else [`MAX_REOPENS`]) times in a
 //! row; then the source stops and its supervisor restarts it from the
 //! committed position (shown on `/health`). A failed scan read stops the
 //! source the same way (the restart continues after the last committed
@@ -137,11 +139,11 @@ use errors::ErrorClass;
 use events::Converted;
 use position::{Position, ScanState};
 use scan::ScanMsg;
-pub use scan::{ScanReport, ScanStatus};
+pub use scan::{MongoProbe, ScanReport, ScanStatus};
 
 use super::{CommitSignal, Source, SourceBatch, SourceEntities, SourceError};
 use crate::ingest::load::{LoadEnd, SnapshotLoad};
-use crate::ingest::retry::Backoff;
+use crate::ingest::retry::{Backoff, RetryConfig};
 use crate::model::{Change, ChangeOp};
 
 /// The longest a change waits for more changes to join its batch while
@@ -152,7 +154,7 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(50);
 pub const MAX_AWAIT: Duration = Duration::from_millis(250);
 
 /// Reopens in a row after resumable errors before the source gives up (and
-/// its supervisor restarts it).
+/// its supervisor restarts it), when `[retry] max_attempts` is 0.
 pub const MAX_REOPENS: u32 = 8;
 
 /// Chunks the scan task reads ahead of the source.
@@ -166,6 +168,7 @@ pub struct MongoSource {
     batch_max: usize,
     entities: Arc<dyn SourceEntities>,
     status: Arc<ScanStatus>,
+    retry: RetryConfig,
 }
 
 impl MongoSource {
@@ -183,6 +186,21 @@ impl MongoSource {
             batch_max: batch_max.max(1),
             entities,
             status: Arc::default(),
+            retry: RetryConfig::default(),
+        }
+    }
+
+    /// Reopen the stream after resumable errors as `retry` says (`[retry]`).
+    pub fn with_retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Reopens in a row before the source stops.
+    fn max_reopens(&self) -> u32 {
+        match self.retry.max_attempts {
+            0 => MAX_REOPENS,
+            n => n,
         }
     }
 
@@ -337,7 +355,8 @@ impl MongoSource {
                 "cannot read database {db} (authentication or configuration): {error}"
             )),
             ErrorClass::Resumable => self.error(format!(
-                "change stream on database {db} could not be reopened ({MAX_REOPENS} attempts): {error}"
+                "change stream on database {db} could not be reopened ({} attempts): {error}",
+                self.max_reopens()
             )),
             ErrorClass::Fatal => self.error(format!("change stream on database {db}: {error}")),
         }
@@ -471,6 +490,7 @@ impl MongoSource {
         };
         tracing::info!(resumed = saved.is_some() && !lost, collections = ?self.config.collections,
             full_document = ?self.config.full_document, "change stream open");
+        self.status.opened();
         let sent = Position {
             token: match (&saved, lost) {
                 (Some(p), false) => p.token.clone(),
@@ -509,6 +529,10 @@ impl MongoSource {
             // The first token (and the watched collections) are saved at
             // once, so a restart resumes from here instead of "now" again.
             None => {
+                // Nothing to load: the source's data has landed as it is.
+                if self.status.ready_mark.load(Ordering::Relaxed) < 0 {
+                    self.status.ready_mark.store(0, Ordering::Relaxed);
+                }
                 let token = run.token.clone();
                 run.send_changes(Vec::new(), token).await?
             }
@@ -531,7 +555,9 @@ impl MongoSource {
         if token.is_none() {
             tracing::warn!("no resume token yet: the reopened stream starts from now");
         }
-        for attempt in 1..=MAX_REOPENS {
+        self.status.connected.store(false, Ordering::Relaxed);
+        let max = self.max_reopens();
+        for attempt in 1..=max {
             let wait = backoff.next_wait();
             tracing::info!(
                 attempt,
@@ -549,11 +575,12 @@ impl MongoSource {
             match reopened {
                 Ok(stream) => {
                     tracing::info!(attempt, "change stream reopened");
+                    self.status.opened();
                     return Ok(Some(stream));
                 }
                 Err(error) => {
                     let class = errors::classify(&error);
-                    if class != ErrorClass::Resumable || attempt == MAX_REOPENS {
+                    if class != ErrorClass::Resumable || attempt == max {
                         let stop = self.stop_error(class, &error);
                         tracing::error!(class = ?class, code = ?errors::code(&error), attempt, error = %stop, "change stream stops");
                         return Err(stop);
@@ -584,7 +611,11 @@ impl Source for MongoSource {
     ) -> Result<(), SourceError> {
         let span = tracing::info_span!("mongo_source", source = %self.config.name,
             database = %self.config.database);
-        self.stream(position, out, cancel).instrument(span).await
+        let result = self.stream(position, out, cancel).instrument(span).await;
+        // Shown on `/health` and `/ready` until the stream opens again.
+        self.status
+            .stopped(result.as_ref().err().map(ToString::to_string));
+        result
     }
 }
 
@@ -683,8 +714,11 @@ impl Run<'_> {
         self.load = None;
         let name = self.src.config.name.clone();
         let mut snapshot = SnapshotLoad::new(name.clone(), state.collections.clone());
-        if let Some(entities) = &state.entities {
-            snapshot = snapshot.only(entities.clone());
+        match &state.entities {
+            Some(entities) => snapshot = snapshot.only(entities.clone()),
+            // A snapshot of every entity of the collections: not landed
+            // until it ends (a backfill leaves the others' readiness as is).
+            None => self.src.status.ready_mark.store(-1, Ordering::Relaxed),
         }
         self.sent.scan = Some(state.clone());
         let token = self.token.clone();
@@ -764,8 +798,14 @@ impl Run<'_> {
             return Ok(true);
         }
         if let Some(end) = &self.last_end {
-            if end.borrow().is_none() {
+            let Some(head) = *end.borrow() else {
                 return Ok(true);
+            };
+            // The caches must reach the load's end for its data to count
+            // as landed.
+            let status = &self.src.status;
+            if status.ready_mark.load(Ordering::Relaxed) < 0 {
+                status.ready_mark.store(head, Ordering::Relaxed);
             }
             self.last_end = None;
             self.recheck = true;
@@ -782,6 +822,7 @@ impl Run<'_> {
         }
         let collections = self.src.collections_of(&self.db, &entities).await?;
         tracing::info!(entities = ?entities, collections = ?collections, "backfill of pending entities");
+        self.src.status.backfills.fetch_add(1, Ordering::Relaxed);
         match ScanState::start(collections) {
             Some(mut state) => {
                 state.entities = Some(entities);
@@ -942,7 +983,7 @@ impl Run<'_> {
 
     async fn run(mut self, mut stream: Stream) -> Result<(), SourceError> {
         let src = self.src;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(&src.retry);
         let persist_every = Duration::from_millis(src.config.token_persist_ms);
         let is_routed = |collection: &str| src.is_routed(collection);
         loop {
@@ -957,7 +998,7 @@ impl Run<'_> {
             };
             match next {
                 Ok(Some(event)) => {
-                    backoff = Backoff::default();
+                    backoff = Backoff::new(&src.retry);
                     let event_token = event.id.clone();
                     let key = event
                         .document_key
@@ -1046,7 +1087,7 @@ impl Run<'_> {
                     }
                 }
                 Ok(None) => {
-                    backoff = Backoff::default();
+                    backoff = Backoff::new(&src.retry);
                     if let Some(latest) = stream.resume_token() {
                         self.token = Some(latest);
                     }

@@ -10,7 +10,7 @@
 //! bracket.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mongodb::Database;
@@ -45,9 +45,10 @@ pub enum ScanMsg {
     Failed(mongodb::error::Error),
 }
 
-/// Progress of the snapshot scans of one source, cheap to read (for logs,
-/// the API and metrics).
-#[derive(Debug, Default)]
+/// The state of one MongoDB source, cheap to read (for logs, readiness,
+/// the API and metrics): its stream, its last error and the progress of its
+/// snapshot scans. Shared across restarts of the source.
+#[derive(Debug)]
 pub struct ScanStatus {
     /// Whether a scan is under way.
     pub scanning: std::sync::atomic::AtomicBool,
@@ -61,33 +62,211 @@ pub struct ScanStatus {
     /// Re-snapshots after a lost history or a drop, rename,
     /// dropDatabase or invalidate.
     pub resnapshots: AtomicU64,
+    /// Backfills begun (entities loaded alone).
+    pub backfills: AtomicU64,
+    /// Whether the change stream is open.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// The oplog head the caches must reach before the source's data counts
+    /// as landed: 0 once the stream is open without a load, the head after
+    /// a load's end once committed; -1 while a load runs or before the
+    /// stream opened.
+    pub ready_mark: AtomicI64,
+    /// When the scan under way started.
+    started: std::sync::Mutex<Option<Instant>>,
+    /// Why the source last stopped (cleared when the stream opens).
+    error: std::sync::Mutex<Option<String>>,
 }
 
-/// A copy of [`ScanStatus`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+impl Default for ScanStatus {
+    fn default() -> Self {
+        ScanStatus {
+            scanning: Default::default(),
+            scanned: AtomicU64::new(0),
+            estimated: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            resnapshots: AtomicU64::new(0),
+            backfills: AtomicU64::new(0),
+            connected: Default::default(),
+            ready_mark: AtomicI64::new(-1),
+            started: std::sync::Mutex::new(None),
+            error: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// A copy of [`ScanStatus`], with the scan's rate and ETA.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ScanReport {
+    /// Whether the change stream is open.
+    pub connected: bool,
+    /// Why the source last stopped, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Whether a scan is under way.
     pub scanning: bool,
     /// Documents read by the scan under way.
     pub scanned: u64,
     /// Its estimated documents.
     pub estimated: u64,
+    /// Documents read per second since the scan started.
+    pub rate_per_s: u64,
+    /// Seconds left at that rate (0 when unknown or done).
+    pub eta_s: u64,
     /// Scans finished.
     pub completed: u64,
     /// Re-snapshots.
     pub resnapshots: u64,
+    /// Backfills begun.
+    pub backfills: u64,
 }
 
 impl ScanStatus {
     /// The counters now.
     pub fn report(&self) -> ScanReport {
+        let scanning = self.scanning.load(Ordering::Relaxed);
+        let scanned = self.scanned.load(Ordering::Relaxed);
+        let estimated = self.estimated.load(Ordering::Relaxed);
+        let took = lock(&self.started).map(|at| at.elapsed());
+        let (rate_per_s, eta_s) = match took.filter(|_| scanning) {
+            Some(took) => rate_and_eta(scanned, estimated, took),
+            None => (0, 0),
+        };
         ScanReport {
-            scanning: self.scanning.load(Ordering::Relaxed),
-            scanned: self.scanned.load(Ordering::Relaxed),
-            estimated: self.estimated.load(Ordering::Relaxed),
+            connected: self.connected.load(Ordering::Relaxed),
+            error: lock(&self.error).clone(),
+            scanning,
+            scanned,
+            estimated,
+            rate_per_s,
+            eta_s,
             completed: self.completed.load(Ordering::Relaxed),
             resnapshots: self.resnapshots.load(Ordering::Relaxed),
+            backfills: self.backfills.load(Ordering::Relaxed),
         }
+    }
+
+    /// The stream is open: the error is cleared.
+    pub fn opened(&self) {
+        self.connected.store(true, Ordering::Relaxed);
+        *lock(&self.error) = None;
+    }
+
+    /// The source stopped (with `error` when it failed).
+    pub fn stopped(&self, error: Option<String>) {
+        self.connected.store(false, Ordering::Relaxed);
+        *lock(&self.error) = error;
+    }
+}
+
+fn lock<T: Clone>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Documents per second and the seconds left for `estimated`.
+fn rate_and_eta(scanned: u64, estimated: u64, took: Duration) -> (u64, u64) {
+    let rate = scanned as f64 / took.as_secs_f64().max(0.001);
+    let eta = if rate > 0.0 {
+        (estimated.saturating_sub(scanned) as f64 / rate).round() as u64
+    } else {
+        0
+    };
+    (rate.round() as u64, eta)
+}
+
+/// [`ScanStatus`] as a source of readiness, `/debug` and `/metrics`
+/// (`emcachers_mongo_*`).
+pub struct MongoProbe {
+    name: String,
+    status: Arc<ScanStatus>,
+}
+
+impl MongoProbe {
+    /// The probe of source `name`.
+    pub fn new(name: String, status: Arc<ScanStatus>) -> Self {
+        MongoProbe { name, status }
+    }
+}
+
+impl crate::health::SourceProbe for MongoProbe {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "mongo"
+    }
+
+    fn connected(&self) -> bool {
+        self.status.connected.load(Ordering::Relaxed)
+    }
+
+    fn ready_mark(&self) -> Option<i64> {
+        let mark = self.status.ready_mark.load(Ordering::Relaxed);
+        (mark >= 0).then_some(mark)
+    }
+
+    fn error(&self) -> Option<String> {
+        lock(&self.status.error).clone()
+    }
+
+    fn debug(&self) -> serde_json::Value {
+        serde_json::to_value(self.status.report()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn metrics(&self) -> Vec<crate::health::Metric> {
+        use crate::health::Metric;
+        let r = self.status.report();
+        // One source per kind speaks in `/metrics` (no labels yet).
+        let name = |metric: &str| format!("emcachers_mongo_{metric}");
+        vec![
+            Metric::gauge(
+                name("connected"),
+                "1 while the change stream is open.",
+                f64::from(u8::from(r.connected)),
+            ),
+            Metric::gauge(
+                name("scanning"),
+                "1 while a snapshot scan runs.",
+                f64::from(u8::from(r.scanning)),
+            ),
+            Metric::gauge(
+                name("scan_scanned"),
+                "Documents read by the scan under way.",
+                r.scanned as f64,
+            ),
+            Metric::gauge(
+                name("scan_estimated"),
+                "Estimated documents of the scan under way.",
+                r.estimated as f64,
+            ),
+            Metric::gauge(
+                name("scan_rate_per_second"),
+                "Documents read per second by the scan under way.",
+                r.rate_per_s as f64,
+            ),
+            Metric::gauge(
+                name("scan_eta_seconds"),
+                "Seconds the scan under way has left at its rate.",
+                r.eta_s as f64,
+            ),
+            Metric::counter(
+                name("scans_completed_total"),
+                "Snapshot loads ended.",
+                r.completed as f64,
+            ),
+            Metric::counter(
+                name("resnapshots_total"),
+                "Re-snapshots after a lost history, drop, rename, dropDatabase or invalidate.",
+                r.resnapshots as f64,
+            ),
+            Metric::counter(
+                name("backfills_total"),
+                "Backfills of entities loaded alone.",
+                r.backfills as f64,
+            ),
+        ]
     }
 }
 
@@ -119,6 +298,7 @@ pub async fn run(
     }
     status.scanned.store(0, Ordering::Relaxed);
     status.estimated.store(estimated, Ordering::Relaxed);
+    *lock(&status.started) = Some(Instant::now());
     status.scanning.store(true, Ordering::Relaxed);
     tracing::info!(source = %source, collections = ?remaining, resumed_after = ?state.after,
         estimated, chunk, "snapshot scan started");
@@ -197,19 +377,13 @@ pub async fn run(
 
 /// One progress line: scanned of estimated, rate, ETA.
 fn log_progress(source: &str, collection: &str, scanned: u64, estimated: u64, took: Duration) {
-    let secs = took.as_secs_f64().max(0.001);
-    let rate = scanned as f64 / secs;
-    let eta_s = if rate > 0.0 {
-        (estimated.saturating_sub(scanned) as f64 / rate).round() as u64
-    } else {
-        0
-    };
+    let (rate, eta_s) = rate_and_eta(scanned, estimated, took);
     tracing::info!(
         source,
         collection,
         scanned,
         estimated,
-        rate_per_s = rate.round() as u64,
+        rate_per_s = rate,
         eta_s,
         elapsed_s = took.as_secs(),
         "snapshot scan progress"
