@@ -4,8 +4,9 @@
 //! route → shape (the built-in `shape` plugin through wasmtime, with the
 //! default sandbox: deadline and memory limit on) → one oplog append per
 //! batch with its position, on SQLite (WAL, `synchronous=NORMAL`, as the
-//! store opens it) and on PostgreSQL (a local server of the bench's own,
-//! `fsync=off`, `synchronous_commit=on`).
+//! store opens it) and on PostgreSQL (a local server of the bench's own
+//! with durable settings: `fsync`, `full_page_writes` and
+//! `synchronous_commit` on).
 //!
 //! Run: `cargo bench -p emcachers-tests --bench ingest` (about a minute;
 //! `INGEST_BENCH=sqlite,postgres`, any subset). Each run ingests
@@ -223,7 +224,7 @@ fn main() {
         results.push(runtime.block_on(bench(store, "mongo events → SQLite oplog", TARGET_SQLITE)));
     }
     if wanted("postgres") {
-        let server = PostgresServer::start();
+        let server = PostgresServer::start_durable();
         let url = server.create_database("ingest_bench");
         results.push(runtime.block_on(async {
             let store: Arc<dyn OplogStore> = Arc::new(

@@ -307,6 +307,7 @@ pub struct PostgresServer {
     bin: PathBuf,
     as_postgres: bool,
     port: u16,
+    durable: bool,
     watchdog: Mutex<Option<Watchdog>>,
 }
 
@@ -324,6 +325,17 @@ impl PostgresServer {
     /// When the PostgreSQL binaries are missing or the server does not
     /// start; the message quotes the server log.
     pub fn start() -> PostgresServer {
+        Self::start_with(false)
+    }
+
+    /// [`PostgresServer::start`] with PostgreSQL's durable defaults
+    /// (`fsync` and `full_page_writes` on): for benchmarks, whose figures
+    /// must not come from turning durability off.
+    pub fn start_durable() -> PostgresServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PostgresServer {
         let bin = pg_bin_dir().to_path_buf();
         let base = tempfile::Builder::new()
             .prefix("emcachers-pg-")
@@ -353,6 +365,7 @@ impl PostgresServer {
             bin,
             as_postgres,
             port: 0,
+            durable,
             watchdog: Mutex::new(None),
         };
         let stop = server.tool_shell(
@@ -532,9 +545,13 @@ impl PostgresServer {
 
     fn pg_ctl_start(&self) -> Result<(), String> {
         // pg_ctl hands `-o` to a shell: quote the socket directory.
+        let tuning = if self.durable {
+            "-c fsync=on -c full_page_writes=on"
+        } else {
+            "-c fsync=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} {tuning} -c max_connections=200",
             self.port,
             sh_quote(path_str(&self.socket_dir))
         );

@@ -73,6 +73,11 @@ pub enum LoadControl {
     Begin {
         /// The collections being loaded.
         collections: Vec<String>,
+        /// The load starts over (a re-snapshot that scans from the
+        /// beginning): its start is the head now even when a load of the
+        /// entity is under way. Otherwise the start of a load under way is
+        /// kept (a load resumed after a restart, whose earlier pages count).
+        anew: bool,
     },
     /// The load ended. When `complete` (every page arrived and nothing was
     /// missed), the live rows the load did not write since its start are
@@ -140,12 +145,25 @@ impl SnapshotLoad {
         &self.collections
     }
 
-    /// The batch that begins the load.
+    /// The batch that begins the load, or resumes one under way (its start
+    /// is kept, so eviction covers what its earlier pages wrote).
     pub fn begin(&self) -> SourceBatch {
+        self.begin_with(false)
+    }
+
+    /// The batch that begins the load over from the start: a load of the
+    /// same entities under way is abandoned, and its start with it. What
+    /// its pages wrote counts as seen only if this load writes it again.
+    pub fn begin_anew(&self) -> SourceBatch {
+        self.begin_with(true)
+    }
+
+    fn begin_with(&self, anew: bool) -> SourceBatch {
         SourceBatch {
             source: self.source.clone(),
             load: Some(LoadControl::Begin {
                 collections: self.collections.clone(),
+                anew,
             }),
             only: self.only.clone(),
             ..SourceBatch::default()
@@ -234,25 +252,31 @@ impl LoadCoordinator {
     }
 
     /// Start a load: remember the oplog head (unless a load of the entity
-    /// is already under way, whose start stays) and stage stream rows.
+    /// is already under way and this one is not `anew`: its start stays)
+    /// and stage stream rows.
     pub async fn begin(
         &self,
         source: &str,
         collections: &[String],
         only: Option<&[String]>,
+        anew: bool,
     ) -> Result<(), StoreError> {
         let head = self.store.head().await?;
         for def in self.entities(source, collections, only) {
             let key = MetaKey::Load(&def.name).key();
-            let running = def.status.stages_stream_rows()
+            let running = !anew
+                && def.status.stages_stream_rows()
                 && self
                     .store
                     .meta_get(&key)
                     .await?
                     .is_some_and(|v| !v.is_null());
-            if !running {
+            let start = if running {
+                None
+            } else {
                 self.store.meta_set(&key, &load_start(head)).await?;
-            }
+                Some(head)
+            };
             if let Err(error) = self
                 .entities
                 .set_status(&def.name, EntityStatus::Scanning)
@@ -260,7 +284,14 @@ impl LoadCoordinator {
             {
                 tracing::warn!(entity = %def.name, %error, "cannot mark entity as loading");
             }
-            tracing::info!(entity = %def.name, source, start_head = head, "initial load started");
+            match start {
+                Some(head) => {
+                    tracing::info!(entity = %def.name, source, start_head = head, anew, "initial load started")
+                }
+                None => {
+                    tracing::info!(entity = %def.name, source, "initial load resumed: its start is kept")
+                }
+            }
         }
         Ok(())
     }
@@ -358,7 +389,8 @@ mod tests {
         assert_eq!(
             begin.load,
             Some(LoadControl::Begin {
-                collections: vec!["a".into(), "b".into()]
+                collections: vec!["a".into(), "b".into()],
+                anew: false,
             })
         );
         assert!(begin.changes.is_empty() && begin.position.is_none() && !begin.snapshot);

@@ -185,9 +185,9 @@ impl Pipeline {
             source: batch.source.clone(),
             position,
         });
-        if let Some(LoadControl::Begin { collections }) = &batch.load {
+        if let Some(LoadControl::Begin { collections, anew }) = &batch.load {
             self.loads
-                .begin(&batch.source, collections, batch.only.as_deref())
+                .begin(&batch.source, collections, batch.only.as_deref(), *anew)
                 .await?;
         }
         match &batch.load {

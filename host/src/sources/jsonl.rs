@@ -291,7 +291,7 @@ impl JsonlFileSource {
                 .then(|| SnapshotLoad::new(self.name.clone(), Vec::new()).only(pending));
             if let Some(load) = &load {
                 tracing::info!(entities = ?load.entities(), replayed_lines = committed, "backfill begins: the committed lines are replayed for these entities");
-                if !self.send(&out, load.begin(), &cancel).await? {
+                if !self.send(&out, load.begin_anew(), &cancel).await? {
                     return Ok(());
                 }
                 let mut replay = self.lines(0, Some(committed)).await?;

@@ -501,6 +501,7 @@ impl MongoSource {
             legacy: false,
         };
         let routed = self.routed_collections(&db).await?;
+        let resumes = !lost && saved.as_ref().is_some_and(|p| p.scan.is_some());
         let initial = if lost {
             ScanState::start(routed)
         } else {
@@ -525,7 +526,9 @@ impl MongoSource {
         };
         let started = match initial {
             // The stream is open: its token is the position before the scan.
-            Some(state) => run.begin_load(state).await?,
+            // A scan of the saved position resumes: its committed chunks
+            // count, so the load keeps its start.
+            Some(state) => run.begin_load(state, !resumes).await?,
             // The first token (and the watched collections) are saved at
             // once, so a restart resumes from here instead of "now" again.
             None => {
@@ -707,7 +710,7 @@ impl Run<'_> {
 
     /// Begin a load of `state` (replacing a load under way, whose scan
     /// stops) and start its scan task. Pending changes are sent first.
-    async fn begin_load(&mut self, state: ScanState) -> Result<bool, SourceError> {
+    async fn begin_load(&mut self, state: ScanState, anew: bool) -> Result<bool, SourceError> {
         if !self.flush().await? {
             return Ok(false);
         }
@@ -722,7 +725,12 @@ impl Run<'_> {
         }
         self.sent.scan = Some(state.clone());
         let token = self.token.clone();
-        if !self.send(snapshot.begin(), token).await? {
+        let begin = if anew {
+            snapshot.begin_anew()
+        } else {
+            snapshot.begin()
+        };
+        if !self.send(begin, token).await? {
             return Ok(false);
         }
         tracing::info!(collections = ?state.collections, entities = ?state.entities,
@@ -782,7 +790,7 @@ impl Run<'_> {
         match ScanState::start(all) {
             Some(mut state) => {
                 state.entities = entities;
-                self.begin_load(state).await
+                self.begin_load(state, true).await
             }
             None => Ok(true),
         }
@@ -826,7 +834,7 @@ impl Run<'_> {
         match ScanState::start(collections) {
             Some(mut state) => {
                 state.entities = Some(entities);
-                self.begin_load(state).await
+                self.begin_load(state, true).await
             }
             None => {
                 // Nothing to read yet (no routed collection exists): the
@@ -834,7 +842,7 @@ impl Run<'_> {
                 let load =
                     SnapshotLoad::new(self.src.config.name.clone(), Vec::new()).only(entities);
                 let token = self.token.clone();
-                if !self.send(load.begin(), token.clone()).await? {
+                if !self.send(load.begin_anew(), token.clone()).await? {
                     return Ok(false);
                 }
                 let (signal, fired) = CommitSignal::new();
