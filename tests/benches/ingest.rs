@@ -13,27 +13,40 @@
 //! `EVENTS_PER_RUN` insert events of ~1 KB documents (12 fields) of new ids
 //! in batches of `BATCH`, timed from the first decode to the last commit;
 //! the figure is the median over `RUNS` runs, with the cores busy meanwhile.
+//!
+//! Two figures per store:
+//! - **node path**: the events come from a [`Source`] run by
+//!   `ingest::run_source`, exactly as a node runs a source: the source task
+//!   decodes and converts while the pipeline shapes and commits the previous
+//!   batches, through a channel of `QUEUE` batches (`[oplog]
+//!   queue_batches`' default). This is the figure the targets are about.
+//! - **serial**: decode, convert, shape and commit one after the other in one
+//!   task (what one core does per change).
 //! Against SecantusDB the rate is bound by that (Python) server; this
 //! measures emcachers' side.
 
 use std::time::Instant;
 
 use emcachers::entities::{EntityManager, EntitySpec};
-use emcachers::ingest::Pipeline;
+use emcachers::ingest::{Pipeline, run_source};
+use emcachers::model::Change;
 use emcachers::oplog::{EntityStatus, OplogStore, PostgresStore, SqliteStore};
 use emcachers::plugin::{PluginEngine, PluginRegistry, SandboxConfig};
-use emcachers::sources::SourceBatch;
 use emcachers::sources::mongo::config::FullDocument;
 use emcachers::sources::mongo::events::{Converted, convert};
+use emcachers::sources::{Source, SourceBatch, SourceError};
 use emcachers_tests::services::PostgresServer;
 use emcachers_tests::{machine, plugins};
 use mongodb::bson::{self, Document, doc};
 use mongodb::change_stream::event::ChangeStreamEvent;
 use serde_json::json;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Changes per source batch (the source's default batch size).
 const BATCH: usize = 1000;
+/// Batches between the source task and the pipeline (`[oplog] queue_batches`).
+const QUEUE: usize = 4;
 /// Events per timed run.
 const EVENTS_PER_RUN: usize = 50_000;
 /// Timed runs per store.
@@ -142,20 +155,88 @@ fn own_cpu() -> f64 {
         .unwrap_or_default()
 }
 
-/// One timed run over `events`: changes per second.
-async fn run(pipeline: &Pipeline, events: &[Vec<u8>], run: usize) -> f64 {
-    let started = Instant::now();
-    let mut converted = 0usize;
-    for (index, chunk) in events.chunks(BATCH).enumerate() {
-        let mut changes = Vec::with_capacity(chunk.len());
-        for bytes in chunk {
+/// Decode and convert one batch of events.
+fn convert_batch(chunk: &[Vec<u8>]) -> Vec<Change> {
+    chunk
+        .iter()
+        .map(|bytes| {
             let event: ChangeStreamEvent<Document> =
                 bson::from_slice(bytes).expect("decode the event");
             match convert("mongo", event, FullDocument::Default, &|_| true) {
-                Converted::Change(change) => changes.push(change),
+                Converted::Change(change) => change,
                 other => panic!("an insert converts to a change: {other:?}"),
             }
+        })
+        .collect()
+}
+
+/// Events as BSON bytes, as a source: decodes and converts `BATCH` at a
+/// time, each batch with its position (like the MongoDB source).
+struct BsonEvents {
+    events: Vec<Vec<u8>>,
+    run: usize,
+}
+
+#[async_trait::async_trait]
+impl Source for BsonEvents {
+    fn name(&self) -> &str {
+        "mongo"
+    }
+
+    async fn run(
+        &mut self,
+        _position: Option<String>,
+        out: tokio::sync::mpsc::Sender<SourceBatch>,
+        _cancel: CancellationToken,
+    ) -> Result<(), SourceError> {
+        for (index, chunk) in self.events.chunks(BATCH).enumerate() {
+            let batch = SourceBatch {
+                source: "mongo".into(),
+                changes: convert_batch(chunk),
+                position: Some(format!("{{\"run\":{},\"batch\":{index}}}", self.run)),
+                ..SourceBatch::default()
+            };
+            out.send(batch)
+                .await
+                .map_err(|_| SourceError::Closed("mongo".into()))?;
         }
+        Ok(())
+    }
+}
+
+/// One timed run over `events`, as a node runs a source: changes per second.
+async fn run_node_path(
+    pipeline: &Arc<Pipeline>,
+    store: &Arc<dyn OplogStore>,
+    events: Vec<Vec<u8>>,
+    run: usize,
+) -> f64 {
+    let count = events.len();
+    let started = Instant::now();
+    let report = run_source(
+        Box::new(BsonEvents { events, run }),
+        pipeline.clone(),
+        store.clone(),
+        QUEUE,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("ingest the events");
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        (report.appended, report.rejected),
+        (count, 0),
+        "every document shapes"
+    );
+    rate
+}
+
+/// One timed run over `events` in one task: changes per second.
+async fn run_serial(pipeline: &Pipeline, events: &[Vec<u8>], run: usize) -> f64 {
+    let started = Instant::now();
+    let mut converted = 0usize;
+    for (index, chunk) in events.chunks(BATCH).enumerate() {
+        let changes = convert_batch(chunk);
         converted += changes.len();
         let report = pipeline
             .process(SourceBatch {
@@ -171,32 +252,48 @@ async fn run(pipeline: &Pipeline, events: &[Vec<u8>], run: usize) -> f64 {
     converted as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Ingest `RUNS` runs of new documents into `store`; the median rate.
-async fn bench(store: Arc<dyn OplogStore>, name: &str, target: f64) -> (String, f64, f64) {
-    let pipeline = pipeline(store).await;
-    // Warm-up: compile and instantiate the plugin, warm the store.
-    let warm: Vec<Vec<u8>> = (0..BATCH).map(|n| event_bytes(10_000_000 + n)).collect();
-    run(&pipeline, &warm, 0).await;
-    let mut rates = Vec::new();
-    let cpu = own_cpu();
-    let wall = Instant::now();
-    for r in 0..RUNS {
-        let first = r * EVENTS_PER_RUN;
-        let events: Vec<Vec<u8>> = (first..first + EVENTS_PER_RUN).map(event_bytes).collect();
-        let rate = run(&pipeline, &events, r + 1).await;
-        println!("  {name} run {}: {rate:.0} changes/s", r + 1);
-        rates.push(rate);
-    }
-    let busy = (own_cpu() - cpu) / wall.elapsed().as_secs_f64();
+/// The median of `rates`, printed with its spread and the cores busy.
+fn summarize(name: &str, mut rates: Vec<f64>, target: f64, busy: f64) -> f64 {
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     println!(
-        "  {name}: median {median:.0} changes/s (min {:.0}, max {:.0}) over {RUNS} runs of {EVENTS_PER_RUN}; target {target:.0} (×{:.2}); cores busy (bench process, event generation included): {busy:.2}",
+        "  {name}: median {median:.0} changes/s (min {:.0}, max {:.0}) over {RUNS} runs of {EVENTS_PER_RUN}; target {target:.0} (×{:.2}); cores busy (bench process): {busy:.2}",
         rates[0],
         rates[rates.len() - 1],
         median / target
     );
-    (name.to_owned(), median, target)
+    median
+}
+
+/// Ingest `RUNS` runs of new documents into `store` along the node path,
+/// then `RUNS` serial runs; the medians.
+async fn bench(store: Arc<dyn OplogStore>, name: &str, target: f64) -> Vec<(String, f64, f64)> {
+    let pipeline = Arc::new(pipeline(store.clone()).await);
+    // Warm-up: compile and instantiate the plugin, warm the store.
+    let warm: Vec<Vec<u8>> = (0..BATCH).map(|n| event_bytes(10_000_000 + n)).collect();
+    run_serial(&pipeline, &warm, 0).await;
+    let mut out = Vec::new();
+    for path in ["node path", "serial"] {
+        let mut rates = Vec::new();
+        let mut busy = 0.0;
+        for r in 0..RUNS {
+            let first = (r + if path == "serial" { RUNS } else { 0 }) * EVENTS_PER_RUN;
+            let events: Vec<Vec<u8>> = (first..first + EVENTS_PER_RUN).map(event_bytes).collect();
+            let (cpu, wall) = (own_cpu(), Instant::now());
+            let rate = if path == "serial" {
+                run_serial(&pipeline, &events, r + 1).await
+            } else {
+                run_node_path(&pipeline, &store, events, r + 1).await
+            };
+            busy += (own_cpu() - cpu) / wall.elapsed().as_secs_f64() / RUNS as f64;
+            println!("  {name}, {path}, run {}: {rate:.0} changes/s", r + 1);
+            rates.push(rate);
+        }
+        let label = format!("{name} ({path})");
+        let median = summarize(&label, rates, target, busy);
+        out.push((label, median, target));
+    }
+    out
 }
 
 fn main() {
@@ -221,12 +318,16 @@ fn main() {
         let store: Arc<dyn OplogStore> = Arc::new(
             SqliteStore::open(&dir.path().join("oplog.sqlite")).expect("open the SQLite store"),
         );
-        results.push(runtime.block_on(bench(store, "mongo events → SQLite oplog", TARGET_SQLITE)));
+        results.extend(runtime.block_on(bench(
+            store,
+            "mongo events → SQLite oplog",
+            TARGET_SQLITE,
+        )));
     }
     if wanted("postgres") {
         let server = PostgresServer::start_durable();
         let url = server.create_database("ingest_bench");
-        results.push(runtime.block_on(async {
+        results.extend(runtime.block_on(async {
             let store: Arc<dyn OplogStore> = Arc::new(
                 PostgresStore::connect(&url)
                     .await
