@@ -22,6 +22,7 @@
 //!   queue_batches`' default). This is the figure the targets are about.
 //! - **serial**: decode, convert, shape and commit one after the other in one
 //!   task (what one core does per change).
+//!
 //! Against SecantusDB the rate is bound by that (Python) server; this
 //! measures emcachers' side.
 
