@@ -4,10 +4,14 @@
 //! streaming. The task only reads; the source sends each chunk as one page
 //! with its progress in the position (see [`super`]).
 //!
-//! `_id`s are compared within one BSON type bracket (MongoDB's `$gt`): a
-//! collection whose `_id`s mix types (numbers and strings, say) is read up
-//! to the end of the first type only. Numbers of every width are one
-//! bracket.
+//! `$gt` compares within one BSON type bracket only, so a collection whose
+//! `_id`s mix types (numbers and strings, say) is read bracket by bracket,
+//! in MongoDB's sort order ([`BRACKETS`]): its first chunk selected by
+//! `$type`, the next ones `$gt` the last `_id` read; the brackets of one
+//! value (MinKey, null, NaN, MaxKey) are read once. A resumed scan continues in the
+//! bracket of its last `_id`. `_id`s of types MongoDB does not sort into
+//! these brackets (JavaScript code, and the array, regex and undefined
+//! values MongoDB refuses as `_id`) are not read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -270,6 +274,94 @@ impl crate::health::SourceProbe for MongoProbe {
     }
 }
 
+/// A BSON type bracket of `_id` values, as the filter of its first read.
+#[derive(Debug)]
+pub enum Bracket {
+    /// The bracket holds this one value (read by equality).
+    Value(Bson),
+    /// The bracket's values have these `$type`s; `single`: it holds one
+    /// value at most (MinKey, null, MaxKey), so it is read once.
+    Types {
+        /// The `$type` aliases.
+        types: &'static [&'static str],
+        /// Whether it holds one value at most.
+        single: bool,
+    },
+}
+
+impl Bracket {
+    fn single(&self) -> bool {
+        match self {
+            Bracket::Value(_) => true,
+            Bracket::Types { single, .. } => *single,
+        }
+    }
+
+    /// The filter of the bracket's first read.
+    fn first(&self) -> Document {
+        match self {
+            Bracket::Value(value) => doc! {"_id": value.clone()},
+            Bracket::Types { types, .. } => doc! {"_id": {"$type": types.to_vec()}},
+        }
+    }
+}
+
+const fn types(types: &'static [&'static str]) -> Bracket {
+    Bracket::Types {
+        types,
+        single: false,
+    }
+}
+
+const fn one(types: &'static [&'static str]) -> Bracket {
+    Bracket::Types {
+        types,
+        single: true,
+    }
+}
+
+/// The brackets of `_id` values in MongoDB's sort order. The first read of
+/// each selects by `$type` (a least value would be needed otherwise, and
+/// extreme ones such as the least date are not portable).
+pub static BRACKETS: std::sync::LazyLock<Vec<Bracket>> = std::sync::LazyLock::new(|| {
+    vec![
+        one(&["minKey"]),
+        one(&["null", "undefined"]),
+        // NaN sorts before every other number; `$gt` another number never
+        // reaches it.
+        Bracket::Value(Bson::Double(f64::NAN)),
+        types(&["double", "int", "long", "decimal"]),
+        types(&["string", "symbol"]),
+        types(&["object"]),
+        types(&["binData"]),
+        types(&["objectId"]),
+        types(&["bool"]),
+        types(&["date"]),
+        types(&["timestamp"]),
+        one(&["maxKey"]),
+    ]
+});
+
+/// The index in [`BRACKETS`] of the bracket `id` sorts in (types outside
+/// them: past the end).
+pub fn bracket_of(id: &Bson) -> usize {
+    match id {
+        Bson::MinKey => 0,
+        Bson::Null | Bson::Undefined => 1,
+        Bson::Double(d) if d.is_nan() => 2,
+        Bson::Double(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Decimal128(_) => 3,
+        Bson::String(_) | Bson::Symbol(_) => 4,
+        Bson::Document(_) => 5,
+        Bson::Binary(_) => 6,
+        Bson::ObjectId(_) => 7,
+        Bson::Boolean(_) => 8,
+        Bson::DateTime(_) => 9,
+        Bson::Timestamp(_) => 10,
+        Bson::MaxKey => 11,
+        _ => BRACKETS.len(),
+    }
+}
+
 /// Read the collections `state` has left from `db`, `chunk` documents at a
 /// time, into `out` (a bounded channel: reading waits when the source has
 /// not sent the previous chunks yet). Ends with [`ScanMsg::Done`], or
@@ -308,66 +400,81 @@ pub async fn run(
     let limit = i64::try_from(chunk).unwrap_or(i64::MAX);
     let batch = u32::try_from(chunk).unwrap_or(u32::MAX);
     for (index, collection) in remaining.iter().enumerate() {
-        let mut after: Option<Bson> = if index == 0 { state.after_bson() } else { None };
         let handle = db.collection::<Document>(collection);
-        loop {
-            let filter = match &after {
-                Some(last) => doc! {"_id": {"$gt": last.clone()}},
-                None => doc! {},
-            };
-            let read = async {
-                let mut cursor = handle
-                    .find(filter)
-                    .sort(doc! {"_id": 1_i32})
-                    .limit(limit)
-                    .batch_size(batch)
-                    .await?;
-                let mut docs = Vec::with_capacity(chunk);
-                while cursor.advance().await? {
-                    docs.push(cursor.deserialize_current()?);
-                }
-                Ok::<_, mongodb::error::Error>(docs)
-            };
-            let docs = match read.await {
-                Ok(docs) => docs,
-                Err(error) => {
-                    tracing::warn!(source = %source, collection = %collection, %error, "snapshot scan read failed");
-                    let _ = out.send(ScanMsg::Failed(error)).await;
+        // A resumed scan continues in the bracket of its last `_id`.
+        let resume = if index == 0 { state.after_bson() } else { None };
+        let first = resume.as_ref().map_or(0, bracket_of);
+        for (at, bracket) in BRACKETS.iter().enumerate().skip(first) {
+            let mut after = resume.clone().filter(|_| at == first);
+            if after.is_some() && bracket.single() {
+                // Its one value was read.
+                continue;
+            }
+            loop {
+                let filter = match &after {
+                    Some(last) => doc! {"_id": {"$gt": last.clone()}},
+                    None => bracket.first(),
+                };
+                let read = async {
+                    let mut cursor = handle
+                        .find(filter)
+                        .sort(doc! {"_id": 1_i32})
+                        .limit(limit)
+                        .batch_size(batch)
+                        .await?;
+                    let mut docs = Vec::with_capacity(chunk);
+                    while cursor.advance().await? {
+                        docs.push(cursor.deserialize_current()?);
+                    }
+                    Ok::<_, mongodb::error::Error>(docs)
+                };
+                let docs = match read.await {
+                    Ok(docs) => docs,
+                    Err(error) => {
+                        tracing::warn!(source = %source, collection = %collection, %error, "snapshot scan read failed");
+                        let _ = out.send(ScanMsg::Failed(error)).await;
+                        return;
+                    }
+                };
+                // Only this bracket's values: a server that does not bracket
+                // `$gt` must not make the scan read a value twice.
+                let docs: Vec<Document> = docs
+                    .into_iter()
+                    .filter(|d| d.get("_id").is_some_and(|id| bracket_of(id) == at))
+                    .collect();
+                let Some(last) = docs.last().and_then(|d| d.get("_id")).cloned() else {
+                    break;
+                };
+                let full = docs.len() >= chunk && !bracket.single();
+                scanned += docs.len() as u64;
+                status.scanned.store(scanned, Ordering::Relaxed);
+                let changes = docs
+                    .iter()
+                    .map(|d| Change {
+                        source: source.clone(),
+                        collection: collection.clone(),
+                        op: ChangeOp::Upsert,
+                        id: d.get("_id").map(id_string).unwrap_or_default(),
+                        document: Some(document_text(d)),
+                        current: None,
+                    })
+                    .collect();
+                let message = ScanMsg::Chunk {
+                    collection: collection.clone(),
+                    after: last.clone().into_canonical_extjson(),
+                    changes,
+                };
+                if out.send(message).await.is_err() {
                     return;
                 }
-            };
-            let Some(last) = docs.last().and_then(|d| d.get("_id")).cloned() else {
-                break;
-            };
-            let full = docs.len() >= chunk;
-            scanned += docs.len() as u64;
-            status.scanned.store(scanned, Ordering::Relaxed);
-            let changes = docs
-                .iter()
-                .map(|d| Change {
-                    source: source.clone(),
-                    collection: collection.clone(),
-                    op: ChangeOp::Upsert,
-                    id: d.get("_id").map(id_string).unwrap_or_default(),
-                    document: Some(document_text(d)),
-                    current: None,
-                })
-                .collect();
-            let message = ScanMsg::Chunk {
-                collection: collection.clone(),
-                after: last.clone().into_canonical_extjson(),
-                changes,
-            };
-            if out.send(message).await.is_err() {
-                return;
-            }
-            after = Some(last);
-            if logged.elapsed() >= PROGRESS_EVERY {
-                logged = Instant::now();
-                log_progress(&source, collection, scanned, estimated, started.elapsed());
-            }
-            if !full {
-                break;
+                after = Some(last);
+                if logged.elapsed() >= PROGRESS_EVERY {
+                    logged = Instant::now();
+                    log_progress(&source, collection, scanned, estimated, started.elapsed());
+                }
+                if !full {
+                    break;
+                }
             }
         }
     }
@@ -388,4 +495,44 @@ fn log_progress(source: &str, collection: &str, scanned: u64, estimated: u64, to
         elapsed_s = took.as_secs(),
         "snapshot scan progress"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_sort_into_their_brackets() {
+        use mongodb::bson::oid::ObjectId;
+        let values = [
+            Bson::MinKey,
+            Bson::Null,
+            Bson::Double(f64::NAN),
+            Bson::Int32(1),
+            Bson::String("a".into()),
+            Bson::Document(Document::new()),
+            Bson::Binary(mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                bytes: Vec::new(),
+            }),
+            Bson::ObjectId(ObjectId::new()),
+            Bson::Boolean(false),
+            Bson::DateTime(mongodb::bson::DateTime::MIN),
+            Bson::Timestamp(mongodb::bson::Timestamp {
+                time: 0,
+                increment: 0,
+            }),
+            Bson::MaxKey,
+        ];
+        assert_eq!(values.len(), BRACKETS.len());
+        for (index, value) in values.iter().enumerate() {
+            assert_eq!(bracket_of(value), index, "{value:?}");
+        }
+        assert!(BRACKETS[0].single() && BRACKETS[2].single() && !BRACKETS[3].single());
+        assert_eq!(bracket_of(&Bson::Int64(-5)), bracket_of(&Bson::Double(2.5)));
+        assert_eq!(
+            bracket_of(&Bson::JavaScriptCode("x".into())),
+            BRACKETS.len()
+        );
+    }
 }
