@@ -847,6 +847,71 @@ async fn a_scan_reads_ids_of_every_type() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A stream that is never idle (a write every few milliseconds while the
+/// initial scan runs and after it): the load still ends, once an event
+/// after the scan's end arrives, and the cache equals the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_ends_on_a_stream_that_is_never_idle() {
+    let mongo = MongoServer::start();
+    let client = client(&mongo).await;
+    let db = client.database(DB);
+    seed(&db, 2000).await;
+    let (_dir, config) = project(&format!(
+        "{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", "scan_chunk = 100"),
+        items_entity("items", "mongo"),
+    ));
+    let stop = CancellationToken::new();
+    let writer = {
+        let (items, stop) = (db.collection::<Document>("items"), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 100_000_i32;
+            while !stop.is_cancelled() {
+                items
+                    .insert_one(doc! {"_id": n, "name": format!("w{n}"), "qty": 1_i32})
+                    .await
+                    .unwrap();
+                n += 1;
+                // Load, not synchronisation: a change every 5 ms keeps
+                // every `getMore` busy.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n - 100_000
+        })
+    };
+    let node = start_node(&config).await;
+    let (ready, status) = poll(
+        || async { node.store.entity("items").await.unwrap().map(|d| d.status) },
+        |s| *s == Some(emcachers::oplog::EntityStatus::Ready),
+    )
+    .await;
+    assert!(
+        ready,
+        "the load never ended while writes kept coming: {status:?}"
+    );
+    assert!(
+        !stop.is_cancelled() && !writer.is_finished(),
+        "writes were still coming"
+    );
+    stop.cancel();
+    let written = writer.await.unwrap();
+    assert!(written > 0);
+    let expected = collection_name_qty(&db.collection::<Document>("items")).await;
+    let data = node.config.data_dir.clone();
+    let (same, rows) = poll(
+        || async { name_qty(&cache_rows(&data, "items")) },
+        |rows| rows.as_ref() == Some(&expected),
+    )
+    .await;
+    assert!(
+        same,
+        "cache {} rows, collection {}",
+        rows.map_or(0, |r| r.len()),
+        expected.len()
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Kills the child on drop.
 struct ChildGuard(Child);
 

@@ -46,10 +46,13 @@
 //!    have read the document before the update without committing it yet,
 //!    so a partial change would have no row to merge onto.
 //! 3. Once the scan is done, the source waits until the stream has passed
-//!    the snapshot's end (a `getMore` issued after the scan finished came
-//!    back empty: every change before the end has been read), then sends
-//!    `end`: rows the scan did not see are evicted, the staged rows move to
-//!    the log and the entities become `ready`.
+//!    the snapshot's end, then sends `end`: rows the scan did not see are
+//!    evicted, the staged rows move to the log and the entities become
+//!    `ready`. The stream has passed the end when a `getMore` issued after
+//!    the scan finished comes back empty, or, on a stream that is never
+//!    idle, when an event arrives whose cluster time is after the server's
+//!    operation time taken when the scan finished (a `ping`): every change
+//!    before the end has then been read.
 //!
 //! A snapshot is taken of every routed collection when the source has no
 //! saved position (or a slice-1 one: that slice never snapshotted), of
@@ -629,6 +632,10 @@ struct Load {
     task: tokio::task::JoinHandle<()>,
     /// The scan read everything; `end` waits for the stream to pass it.
     done: bool,
+    /// The server's operation time once the scan was done: an event after
+    /// it shows that the stream has passed the snapshot's end (a stream
+    /// that is never idle never shows it with an empty `getMore`).
+    end_time: Option<mongodb::bson::Timestamp>,
 }
 
 impl Drop for Load {
@@ -752,6 +759,7 @@ impl Run<'_> {
             rx,
             task,
             done: false,
+            end_time: None,
         });
         Ok(true)
     }
@@ -895,6 +903,10 @@ impl Run<'_> {
                     load.done = true;
                     tracing::info!(collections = ?load.snapshot.collections(),
                         "snapshot scan done; the load ends once the stream has passed it");
+                    let end_time = operation_time(&self.db).await;
+                    if let Some(load) = self.load.as_mut() {
+                        load.end_time = end_time;
+                    }
                 }
                 ScanMsg::Failed(error) => {
                     return Err(self.src.error(format!(
@@ -1008,6 +1020,19 @@ impl Run<'_> {
                 Ok(Some(event)) => {
                     backoff = Backoff::new(&src.retry);
                     let event_token = event.id.clone();
+                    // An event after the time the scan was done: every
+                    // change before the snapshot's end has been read.
+                    let passed_end = match (&self.load, event.cluster_time) {
+                        (
+                            Some(Load {
+                                done: true,
+                                end_time: Some(end),
+                                ..
+                            }),
+                            Some(at),
+                        ) => (at.time, at.increment) > (end.time, end.increment),
+                        _ => false,
+                    };
                     let key = event
                         .document_key
                         .as_ref()
@@ -1072,6 +1097,14 @@ impl Run<'_> {
                         }
                     }
                     self.token = Some(stream.resume_token().unwrap_or(event_token));
+                    if passed_end {
+                        // This event's change is staged with the others
+                        // (`end_load` flushes first), then the load ends.
+                        if !self.end_load().await? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
                     if (self.pending.len() >= src.batch_max
                         || self.pending_since.elapsed() >= BATCH_DELAY)
                         && !self.flush().await?
@@ -1151,6 +1184,18 @@ impl Run<'_> {
             if !self.drain_scan().await? || !self.backfill_pending().await? {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// The server's operation time now (a `ping`'s `operationTime`); `None`
+/// when it does not say (then only an empty `getMore` ends a load).
+async fn operation_time(db: &Database) -> Option<mongodb::bson::Timestamp> {
+    match db.run_command(doc! {"ping": 1_i32}).await {
+        Ok(reply) => reply.get_timestamp("operationTime").ok(),
+        Err(error) => {
+            tracing::debug!(%error, "no operation time: the load ends on an idle stream");
+            None
         }
     }
 }
