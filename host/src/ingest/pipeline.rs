@@ -82,6 +82,37 @@ pub struct Pipeline {
     retry: retry::RetryConfig,
 }
 
+/// Each entity's changes of one batch, in source order.
+type Groups = Vec<(EntityDef, Vec<Change>)>;
+
+/// Opens once the previous batch is committed: shaping a batch while the
+/// previous one commits must not read the store before that (a partial
+/// change's current row, a complete set's live rows). Default: open.
+#[derive(Default)]
+struct Gate(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Gate {
+    async fn wait(&self) {
+        if let Some(open) = &self.0 {
+            // A dropped sender means the commit ended too.
+            let _ = open.clone().wait_for(|open| *open).await;
+        }
+    }
+}
+
+/// A routed, shaped batch and the append that commits it.
+struct Prepared {
+    append: AppendBatch,
+    report: IngestReport,
+}
+
+/// Whether `batch` may be shaped while the previous one commits: no load
+/// brackets (they change entity statuses, which routing and staging read)
+/// and no commit signal (it reports the head after this very batch).
+fn overlaps(batch: &SourceBatch) -> bool {
+    batch.load.is_none() && batch.committed.is_none()
+}
+
 /// Rows and rejections produced for one batch.
 #[derive(Default)]
 struct Output {
@@ -124,18 +155,18 @@ impl Pipeline {
         Ok(report)
     }
 
-    async fn process_batch(&self, batch: SourceBatch) -> Result<IngestReport, PipelineError> {
-        let mut report = IngestReport {
-            changes: batch.changes.len(),
-            ..IngestReport::default()
-        };
+    /// Route `changes` of `source` to their entities (`only`: a
+    /// backfill's entities alone): each entity's changes in source order,
+    /// and how many changes no entity is fed by.
+    fn route(&self, changes: Vec<Change>, only: Option<&[String]>) -> (Groups, usize) {
+        let mut unrouted = 0;
         // Route: entity → its changes, in source order.
         let mut order: Vec<EntityDef> = Vec::new();
         let mut routed: HashMap<String, Vec<Change>> = HashMap::new();
         // A batch spans few collections: a short list, searched without
         // allocating a key per change.
         let mut routes_cache: Vec<((String, String), Vec<EntityDef>)> = Vec::new();
-        for change in batch.changes {
+        for change in changes {
             let cached = routes_cache
                 .iter()
                 .position(|((s, c), _)| *s == change.source && *c == change.collection);
@@ -143,7 +174,7 @@ impl Pipeline {
                 Some(index) => index,
                 None => {
                     let mut targets = self.entities.routes(&change.source, &change.collection);
-                    if let Some(only) = &batch.only {
+                    if let Some(only) = only {
                         // A backfill's batch: its entities alone.
                         targets.retain(|def| only.contains(&def.name));
                     }
@@ -154,7 +185,7 @@ impl Pipeline {
             };
             let targets = &routes_cache[index].1;
             if targets.is_empty() {
-                report.unrouted += 1;
+                unrouted += 1;
                 continue;
             }
             // The last target takes the change itself: no copy of the
@@ -181,6 +212,16 @@ impl Pipeline {
                 (def, changes)
             })
             .collect();
+        (groups, unrouted)
+    }
+
+    async fn process_batch(&self, batch: SourceBatch) -> Result<IngestReport, PipelineError> {
+        let mut report = IngestReport {
+            changes: batch.changes.len(),
+            ..IngestReport::default()
+        };
+        let (groups, unrouted) = self.route(batch.changes, batch.only.as_deref());
+        report.unrouted = unrouted;
         let position = batch.position.map(|position| SourcePosition {
             source: batch.source.clone(),
             position,
@@ -224,24 +265,33 @@ impl Pipeline {
     /// Shape the routed groups and append them with `position`.
     pub(super) async fn commit(
         &self,
-        groups: Vec<(EntityDef, Vec<Change>)>,
+        groups: Groups,
         position: Option<SourcePosition>,
         snapshot: bool,
     ) -> Result<IngestReport, PipelineError> {
+        let out = self.shape(groups, &Gate::default()).await?;
+        self.append(AppendBatch {
+            rows: out.rows,
+            rejected: out.rejected,
+            position,
+            snapshot,
+        })
+        .await
+    }
+
+    /// Shape the routed groups; store reads wait for `gate`.
+    async fn shape(&self, groups: Groups, gate: &Gate) -> Result<Output, PipelineError> {
         let mut out = Output::default();
         for (def, changes) in groups {
-            self.shape_entity(&def, changes, &mut out).await?;
+            self.shape_entity(&def, changes, &mut out, gate).await?;
         }
-        let rejected = out.rejected.len();
-        let receipt = self
-            .store
-            .append(AppendBatch {
-                rows: out.rows,
-                rejected: out.rejected,
-                position,
-                snapshot,
-            })
-            .await?;
+        Ok(out)
+    }
+
+    /// Append one shaped batch.
+    async fn append(&self, batch: AppendBatch) -> Result<IngestReport, PipelineError> {
+        let rejected = batch.rejected.len();
+        let receipt = self.store.append(batch).await?;
         Ok(IngestReport {
             batches: 1,
             appended: receipt.appended,
@@ -251,11 +301,67 @@ impl Pipeline {
         })
     }
 
+    /// Route and shape `batch` (one without load brackets or commit
+    /// signal, [`overlaps`]) into the append that commits it; store reads
+    /// wait for `gate` (the previous batch's commit).
+    async fn prepare(&self, batch: SourceBatch, gate: &Gate) -> Result<Prepared, PipelineError> {
+        let changes = batch.changes.len();
+        let (groups, unrouted) = self.route(batch.changes, batch.only.as_deref());
+        let out = self.shape(groups, gate).await?;
+        Ok(Prepared {
+            append: AppendBatch {
+                rows: out.rows,
+                rejected: out.rejected,
+                position: batch.position.map(|position| SourcePosition {
+                    source: batch.source.clone(),
+                    position,
+                }),
+                snapshot: batch.snapshot,
+            },
+            report: IngestReport {
+                changes,
+                unrouted,
+                ..IngestReport::default()
+            },
+        })
+    }
+
+    /// Commit a prepared batch, retrying the append as [`Self::run`] does.
+    async fn commit_prepared(
+        &self,
+        source: &str,
+        prepared: Prepared,
+        cancel: &CancellationToken,
+    ) -> Result<Option<IngestReport>, PipelineError> {
+        let committed = retry::until_committed(source, &self.retry, cancel, || {
+            self.append(prepared.append.clone())
+        })
+        .await;
+        match committed {
+            Ok(Some(mut report)) => {
+                report.add(prepared.report);
+                report.batches = 1;
+                self.totals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(report);
+                Ok(Some(report))
+            }
+            Ok(None) => Ok(None),
+            Err(gave_up) => Err(PipelineError::GaveUp {
+                source_name: source.to_owned(),
+                attempts: gave_up.attempts,
+                reason: gave_up.error.to_string(),
+            }),
+        }
+    }
+
     async fn shape_entity(
         &self,
         def: &EntityDef,
         changes: Vec<Change>,
         out: &mut Output,
+        gate: &Gate,
     ) -> Result<(), PipelineError> {
         let Some(plugin) = self.entities.registry().for_entity(&def.name) else {
             let error = format!("plugin {} is not loaded", def.plugin);
@@ -272,14 +378,21 @@ impl Pipeline {
         let mut touched: HashSet<String> = HashSet::new();
         for change in changes {
             if change.op == ChangeOp::Partial && touched.contains(&change.id) {
-                self.shape_chunk(def, &plugin, std::mem::take(&mut pending), &mut local, out)
-                    .await?;
+                self.shape_chunk(
+                    def,
+                    &plugin,
+                    std::mem::take(&mut pending),
+                    &mut local,
+                    out,
+                    gate,
+                )
+                .await?;
                 touched.clear();
             }
             touched.insert(change.id.clone());
             pending.push(change);
         }
-        self.shape_chunk(def, &plugin, pending, &mut local, out)
+        self.shape_chunk(def, &plugin, pending, &mut local, out, gate)
             .await
     }
 
@@ -290,6 +403,7 @@ impl Pipeline {
         mut changes: Vec<Change>,
         local: &mut HashMap<String, Option<String>>,
         out: &mut Output,
+        gate: &Gate,
     ) -> Result<(), PipelineError> {
         if changes.is_empty() {
             return Ok(());
@@ -304,6 +418,7 @@ impl Pipeline {
             .collect();
         let mut stored: HashMap<String, Option<String>> = HashMap::new();
         if !missing.is_empty() {
+            gate.wait().await;
             for row in self.store.latest(&def.name, &missing).await? {
                 stored.insert(
                     row.doc_id,
@@ -353,6 +468,7 @@ impl Pipeline {
                         });
                     }
                     if let Some(set_entity) = shaped.complete_set {
+                        gate.wait().await;
                         self.complete_set(&set_entity, &upserted, plugin, local, out)
                             .await?;
                     }
@@ -429,33 +545,106 @@ impl Pipeline {
     /// it succeeds: the source waits meanwhile, nothing is dropped. After
     /// `max_attempts` failures (when set) the run fails: the source stops
     /// and restarts from its committed position.
+    ///
+    /// Under backlog (the next batch is already queued) the next batch is
+    /// routed and shaped while the previous one commits; batches still
+    /// commit one at a time, in order, and a shaping step that reads the
+    /// store waits for the previous commit ([`Gate`]). Load brackets and
+    /// commit signals run alone. A batch is never held back waiting for
+    /// the next one.
     pub async fn run(
         &self,
         mut rx: mpsc::Receiver<SourceBatch>,
         cancel: CancellationToken,
     ) -> Result<IngestReport, PipelineError> {
         let mut total = IngestReport::default();
+        // The next batch, received while the previous one was handled.
+        let mut next: Option<SourceBatch> = None;
         loop {
-            let batch = tokio::select! {
-                _ = cancel.cancelled() => return Ok(total),
-                batch = rx.recv() => match batch { Some(batch) => batch, None => return Ok(total) },
+            let batch = match next.take() {
+                Some(batch) => batch,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return Ok(total),
+                    batch = rx.recv() => match batch { Some(batch) => batch, None => return Ok(total) },
+                },
             };
-            let committed = retry::until_committed(&batch.source, &self.retry, &cancel, || {
-                self.process(batch.clone())
-            })
-            .await;
-            match committed {
-                Ok(Some(report)) => total.add(report),
-                Ok(None) => return Ok(total),
-                Err(gave_up) => {
-                    return Err(PipelineError::GaveUp {
-                        source_name: batch.source.clone(),
-                        attempts: gave_up.attempts,
-                        reason: gave_up.error.to_string(),
-                    });
+            if !overlaps(&batch) {
+                match self.process_retrying(&batch, &cancel).await? {
+                    Some(report) => total.add(report),
+                    None => return Ok(total),
+                }
+                continue;
+            }
+            let source = batch.source.clone();
+            let mut prepared = match self.prepare(batch.clone(), &Gate::default()).await {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    tracing::debug!(%error, "shaping failed; the batch is retried whole");
+                    match self.process_retrying(&batch, &cancel).await? {
+                        Some(report) => total.add(report),
+                        None => return Ok(total),
+                    }
+                    continue;
+                }
+            };
+            // Commit it; meanwhile shape the batches already queued.
+            loop {
+                let queued = match rx.try_recv() {
+                    Ok(queued) if overlaps(&queued) => Some(queued),
+                    Ok(queued) => {
+                        next = Some(queued);
+                        None
+                    }
+                    Err(_) => None,
+                }
+                .map(|queued| (queued.clone(), queued));
+                let Some((queued, copy)) = queued else {
+                    match self.commit_prepared(&source, prepared, &cancel).await? {
+                        Some(report) => total.add(report),
+                        None => return Ok(total),
+                    }
+                    break;
+                };
+                let (open, gate) = tokio::sync::watch::channel(false);
+                let gate = Gate(Some(gate));
+                let commit = async {
+                    let committed = self.commit_prepared(&source, prepared, &cancel).await;
+                    open.send_replace(true);
+                    committed
+                };
+                let (committed, shaped) = tokio::join!(commit, self.prepare(copy, &gate));
+                match committed? {
+                    Some(report) => total.add(report),
+                    None => return Ok(total),
+                }
+                match shaped {
+                    Ok(shaped) => prepared = shaped,
+                    Err(error) => {
+                        tracing::debug!(%error, "shaping failed; the batch is retried whole");
+                        next = Some(queued);
+                        break;
+                    }
                 }
             }
         }
+    }
+
+    /// [`Self::process`] retried until it commits (see [`Self::run`]);
+    /// `None` when cancelled.
+    async fn process_retrying(
+        &self,
+        batch: &SourceBatch,
+        cancel: &CancellationToken,
+    ) -> Result<Option<IngestReport>, PipelineError> {
+        let committed = retry::until_committed(&batch.source, &self.retry, cancel, || {
+            self.process(batch.clone())
+        })
+        .await;
+        committed.map_err(|gave_up| PipelineError::GaveUp {
+            source_name: batch.source.clone(),
+            attempts: gave_up.attempts,
+            reason: gave_up.error.to_string(),
+        })
     }
 
     /// Re-run up to `limit` rejected records through their entities' current

@@ -12,6 +12,7 @@ mod hot_reload;
 mod isolation;
 mod mongo;
 mod oplog_store;
+mod pipeline;
 mod process;
 mod python_sdk;
 mod redis_writer;
