@@ -17,13 +17,31 @@ use emcachers_tests::services::PostgresServer;
 
 use crate::end_to_end::{CHANGES, project};
 
-struct Client {
+/// A blocking HTTP client of one node's API, called from async tests.
+pub(crate) struct Client {
     base: String,
     agent: ureq::Agent,
 }
 
 impl Client {
-    async fn call(&self, method: &'static str, path: &str, body: Option<String>) -> (u16, Value) {
+    /// A client of `node`'s API (non-2xx answers are answers, not errors).
+    pub(crate) fn for_node(node: &Node) -> Client {
+        Client {
+            base: format!("http://{}", node.api_addr().expect("API bound")),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        }
+    }
+
+    /// `method path` with an optional JSON body: (status, JSON body or null).
+    pub(crate) async fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
         let (agent, url) = (self.agent.clone(), format!("{}{path}", self.base));
         tokio::task::spawn_blocking(move || {
             let response = match (method, body) {
@@ -64,15 +82,7 @@ async fn entities_plugins_rejected_and_stats_over_http() {
         .await
         .expect("node");
     node.start().await.expect("start");
-    let addr = node.api_addr().expect("API bound");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let api = Client {
-        base: format!("http://{addr}"),
-        agent,
-    };
+    let api = Client::for_node(&node);
 
     assert_eq!(api.call("GET", "/health", None).await.0, 200);
 
@@ -242,15 +252,7 @@ async fn start(extra: &str) -> (tempfile::TempDir, Node, Client) {
         .await
         .expect("node");
     node.start().await.expect("start");
-    let addr = node.api_addr().expect("API bound");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let api = Client {
-        base: format!("http://{addr}"),
-        agent,
-    };
+    let api = Client::for_node(&node);
     (dir, node, api)
 }
 

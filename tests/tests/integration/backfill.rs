@@ -9,47 +9,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use emcachers::node::Node;
-use emcachers::oplog::{AppendBatch, EntityStatus, NewRow, Op};
+use emcachers::oplog::{AppendBatch, NewRow, Op};
 use emcachers_tests::services::{MongoServer, PostgresServer};
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
+use crate::api::Client;
 use crate::mongo::{
     DB, cache_rows, client, collection_name_qty, entity, items_entity, items_shape, mongo_source,
-    name_qty, poll, project, seed, start_node,
+    name_qty, poll, project, seed, start_node, wait_ready,
 };
 
-/// A blocking HTTP call on the node's API: (status, JSON body).
+/// An HTTP call on the node's API: (status, JSON body).
 async fn call(node: &Node, method: &'static str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{}{path}", node.api_addr().expect("API bound"));
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let response = match (method, body) {
-            ("GET", _) => agent.get(&url).call(),
-            ("POST", body) => agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(body.map(|b| b.to_string()).unwrap_or_default()),
-            _ => unreachable!("method {method}"),
-        };
-        let mut response = response.expect("HTTP exchange");
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    })
-    .await
-    .expect("HTTP task")
-}
-
-async fn status_of(node: &Node, name: &str) -> Option<EntityStatus> {
-    node.store
-        .entity(name)
+    Client::for_node(node)
+        .call(method, path, body.map(|b| b.to_string()))
         .await
-        .expect("entity")
-        .map(|d| d.status)
 }
 
 async fn log_count(node: &Node, entity: &str) -> usize {
@@ -62,12 +37,7 @@ async fn log_count(node: &Node, entity: &str) -> usize {
 
 /// Wait until `entity` is ready and its cache equals `collection`.
 async fn converges(node: &Node, data: &Path, db: &mongodb::Database, name: &str, collection: &str) {
-    let (ready, status) = poll(
-        || status_of(node, name),
-        |s| *s == Some(EntityStatus::Ready),
-    )
-    .await;
-    assert!(ready, "{name} never became ready: {status:?}");
+    wait_ready(node, name).await;
     let expected = collection_name_qty(&db.collection::<Document>(collection)).await;
     let (same, rows) = poll(
         || async { name_qty(&cache_rows(data, name)) },
@@ -229,12 +199,7 @@ async fn a_new_entity_on_a_jsonl_source_is_backfilled_from_the_committed_lines()
     // first read of the file is its load.
     let (done, got) = poll(ids("items"), |got| got.as_ref() == Some(&expected)).await;
     assert!(done, "{got:?}");
-    let (ready, status) = poll(
-        || status_of(&node, "items"),
-        |s| *s == Some(EntityStatus::Ready),
-    )
-    .await;
-    assert!(ready, "{status:?}");
+    wait_ready(&node, "items").await;
     let items_log = log_count(&node, "items").await;
 
     let mut spec = items_spec("copy", "items");
@@ -244,12 +209,7 @@ async fn a_new_entity_on_a_jsonl_source_is_backfilled_from_the_committed_lines()
     assert_eq!(body["status"], "pending", "{body}");
     let (done, got) = poll(ids("copy"), |got| got.as_ref() == Some(&expected)).await;
     assert!(done, "the backfill of copy: {got:?}");
-    let (ready, status) = poll(
-        || status_of(&node, "copy"),
-        |s| *s == Some(EntityStatus::Ready),
-    )
-    .await;
-    assert!(ready, "{status:?}");
+    wait_ready(&node, "copy").await;
     assert_eq!(
         log_count(&node, "items").await,
         items_log,
@@ -259,12 +219,7 @@ async fn a_new_entity_on_a_jsonl_source_is_backfilled_from_the_committed_lines()
     // Recreate replays the file for `copy` alone.
     let (status, body) = call(&node, "POST", "/api/replication/recreate/copy", None).await;
     assert_eq!(status, 202, "{body}");
-    let (ready, status) = poll(
-        || status_of(&node, "copy"),
-        |s| *s == Some(EntityStatus::Ready),
-    )
-    .await;
-    assert!(ready, "{status:?}");
+    wait_ready(&node, "copy").await;
     let (done, got) = poll(ids("copy"), |got| got.as_ref() == Some(&expected)).await;
     assert!(done, "{got:?}");
     assert_eq!(log_count(&node, "items").await, items_log);

@@ -141,6 +141,29 @@ async fn wait_for_position(node: &Node, source: &str) -> String {
     position.unwrap_or_default()
 }
 
+/// A node with the source `mongo` (default update mode) on `mongo` and
+/// the entity `items`, once its stream has saved a position.
+async fn streaming_items(mongo: &MongoServer) -> (tempfile::TempDir, Node) {
+    let (dir, config) = project(&format!(
+        "{}{}",
+        mongo_source("mongo", &mongo.uri(), "default", ""),
+        items_entity("items", "mongo"),
+    ));
+    let node = start_node(&config).await;
+    wait_for_position(&node, "mongo").await;
+    (dir, node)
+}
+
+/// Wait until `entity` is `ready` (its load ended), at most [`WAIT`].
+pub(crate) async fn wait_ready(node: &Node, entity: &str) {
+    let (ready, status) = poll(
+        || async { node.store.entity(entity).await.unwrap().map(|d| d.status) },
+        |s| *s == Some(emcachers::oplog::EntityStatus::Ready),
+    )
+    .await;
+    assert!(ready, "{entity} never became ready: {status:?}");
+}
+
 pub(crate) async fn entity_log(node: &Node, entity: &str) -> Vec<OplogEntry> {
     node.store
         .read_log(0, 100_000)
@@ -211,12 +234,7 @@ async fn every_event_type_lands_in_the_oplog_and_the_cache_in_both_update_modes(
     // scan runs may be read by it as well as streamed (two rows, one
     // change), and this test counts rows per change.
     for entity in ["items_d", "items_u"] {
-        let (ready, status) = poll(
-            || async { node.store.entity(entity).await.unwrap().map(|d| d.status) },
-            |s| *s == Some(emcachers::oplog::EntityStatus::Ready),
-        )
-        .await;
-        assert!(ready, "{entity}: {status:?}");
+        wait_ready(&node, entity).await;
     }
 
     let client = client(&mongo).await;
@@ -590,13 +608,7 @@ async fn an_idle_streams_saved_token_advances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_routed_collection_evicts_its_rows_and_the_stream_goes_on() {
     let mongo = MongoServer::start();
-    let (_dir, config) = project(&format!(
-        "{}{}",
-        mongo_source("mongo", &mongo.uri(), "default", ""),
-        items_entity("items", "mongo"),
-    ));
-    let node = start_node(&config).await;
-    wait_for_position(&node, "mongo").await;
+    let (_dir, node) = streaming_items(&mongo).await;
     let client = client(&mongo).await;
     let db = client.database(DB);
     // A drop of a collection no entity routes is skipped.
@@ -646,13 +658,7 @@ async fn dropping_a_routed_collection_evicts_its_rows_and_the_stream_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_and_drop_database_resnapshot_and_the_stream_goes_on() {
     let mongo = MongoServer::start();
-    let (_dir, config) = project(&format!(
-        "{}{}",
-        mongo_source("mongo", &mongo.uri(), "default", ""),
-        items_entity("items", "mongo"),
-    ));
-    let node = start_node(&config).await;
-    wait_for_position(&node, "mongo").await;
+    let (_dir, node) = streaming_items(&mongo).await;
     let client = client(&mongo).await;
     let db = client.database(DB);
     let items = db.collection::<Document>("items");
@@ -726,13 +732,7 @@ async fn rename_and_drop_database_resnapshot_and_the_stream_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_down_for_30_s_catches_up_and_loses_nothing() {
     let mongo = MongoServer::start();
-    let (_dir, config) = project(&format!(
-        "{}{}",
-        mongo_source("mongo", &mongo.uri(), "default", ""),
-        items_entity("items", "mongo"),
-    ));
-    let node = start_node(&config).await;
-    wait_for_position(&node, "mongo").await;
+    let (_dir, node) = streaming_items(&mongo).await;
     let journaled = |client: &mongodb::Client| {
         let options = mongodb::options::CollectionOptions::builder()
             .write_concern(
@@ -836,12 +836,7 @@ async fn a_scan_reads_ids_of_every_type() {
         .filter(|id| !got.iter().flatten().any(|g| g == *id))
         .collect();
     assert!(all, "missing {missing:?}");
-    let (ready, _) = poll(
-        || async { node.store.entity("items").await.unwrap().map(|d| d.status) },
-        |s| *s == Some(emcachers::oplog::EntityStatus::Ready),
-    )
-    .await;
-    assert!(ready);
+    wait_ready(&node, "items").await;
     // Each document once: no bracket read twice.
     assert_log_is(&node, ids.len()).await;
     node.shutdown(Duration::from_secs(5)).await;
@@ -880,15 +875,8 @@ async fn a_load_ends_on_a_stream_that_is_never_idle() {
         })
     };
     let node = start_node(&config).await;
-    let (ready, status) = poll(
-        || async { node.store.entity("items").await.unwrap().map(|d| d.status) },
-        |s| *s == Some(emcachers::oplog::EntityStatus::Ready),
-    )
-    .await;
-    assert!(
-        ready,
-        "the load never ended while writes kept coming: {status:?}"
-    );
+    // The load ends while writes keep coming.
+    wait_ready(&node, "items").await;
     assert!(
         !stop.is_cancelled() && !writer.is_finished(),
         "writes were still coming"
